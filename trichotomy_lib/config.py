@@ -1,0 +1,150 @@
+"""Profiles: one YAML per run size (smoke, default, paper) holding every notebook parameter.
+
+A profile's top-level keys are exactly the notebooks' parameters (papermill injects them with
+``-f notebooks/profiles/<name>.yaml``). Sections (``data``, ``reid``, ...) are plain dicts that
+the library validates where it consumes them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import yaml
+
+# Every top-level key a profile may hold, i.e. every notebook parameter.
+TOP_LEVEL_KEYS: tuple[str, ...] = (
+    "profile",      # name of the profile (runs go to <run_root>/<profile>/)
+    "seed",         # the one integer every random choice derives from
+    "run_root",     # where runs live (relative paths are relative to the project root)
+    "figures_dir",  # where figures and tables go (null: <run_root>/<profile>/figures)
+    "data_root",    # root of real image files (file-list datasets); null for PhantomCXR
+    "data",         # dataset and split (trichotomy_lib.data.build)
+    "reid",         # re-identification verifiers (defender, auditor)
+    "classifier",   # reference classifier
+    "encoder",      # pseudo-conditioning encoder
+    "diffusion",    # diffusion models and sampling
+    "generate",     # filtered generation (releases)
+    "privacy",      # audit and singling-out attack
+    "utility",      # train-on-synthetic / test-on-real, fidelity, diversity
+    "sweep",        # guidance sweep
+)
+BUILTIN_PROFILES = ("smoke", "default", "paper")
+
+
+class ConfigError(ValueError):
+    """A profile or parameter is malformed; the message names the file and field."""
+
+
+def project_root() -> Path:
+    """The checkout holding ``notebooks/profiles`` (env ``TRICHOTOMY_ROOT`` wins).
+
+    Searched upward from the working directory (notebooks run in ``notebooks/``), then
+    beside the package (editable install).
+    """
+    if os.environ.get("TRICHOTOMY_ROOT"):
+        return Path(os.environ["TRICHOTOMY_ROOT"]).resolve()
+    for start in (Path.cwd().resolve(), Path(__file__).resolve().parent):
+        for candidate in (start, *start.parents):
+            if (candidate / "notebooks" / "profiles").is_dir():
+                return candidate
+    return Path.cwd().resolve()
+
+
+def profile_path(profile: str | os.PathLike) -> Path:
+    """A built-in profile name or a path to a YAML file."""
+    text = os.fspath(profile)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        return Path(text).resolve()
+    return project_root() / "notebooks" / "profiles" / f"{text}.yaml"
+
+
+def load_profile(profile: str | os.PathLike) -> dict:
+    """Read and check a profile YAML: a mapping whose keys are all in ``TOP_LEVEL_KEYS``."""
+    path = profile_path(profile)
+    if not path.exists():
+        known = ", ".join(BUILTIN_PROFILES)
+        raise ConfigError(f"{path}: profile not found (built-in profiles: {known}, or give a path to a YAML file)")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: a profile must be a mapping of parameters, got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown parameter(s) {unknown}; known: {list(TOP_LEVEL_KEYS)}")
+    cfg.setdefault("profile", path.stem)
+    return cfg
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``; nested dicts merge key by key, other values replace."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(profile: str | os.PathLike = "smoke", overrides: dict | None = None) -> dict:
+    """The profile's parameters with every non-None override on top (dicts merge key by key).
+
+    If ``profile`` names no file but the overrides are complete (papermill injected a whole
+    custom profile), the overrides alone are used.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown}; known: {list(TOP_LEVEL_KEYS)}")
+    try:
+        base = load_profile(profile)
+    except ConfigError:
+        if not set(TOP_LEVEL_KEYS) - {"figures_dir", "data_root"} <= set(overrides):
+            raise
+        base = {}
+    cfg = deep_merge(base, overrides)
+    cfg["profile"] = overrides.get("profile", base.get("profile", str(profile)))
+    missing = [k for k in ("seed", "run_root", "data") if k not in cfg]
+    if missing:
+        raise ConfigError(f"profile {profile!r}: missing required parameter(s) {missing}")
+    return cfg
+
+
+def from_notebook(namespace: dict) -> dict:
+    """The config of a notebook: its ``profile`` parameter plus every other parameter it set.
+
+    Call as ``cfg = config.from_notebook(globals())`` right after the parameters cell.
+    """
+    profile = namespace.get("profile") or "smoke"
+    return resolve(profile, {k: namespace.get(k) for k in TOP_LEVEL_KEYS if k != "profile"} | {"profile": profile})
+
+
+def run_dir(cfg: dict) -> Path:
+    """``<run_root>/<profile>``, with a relative run_root taken from the project root."""
+    root = Path(cfg["run_root"])
+    if not root.is_absolute():
+        root = project_root() / root
+    return root / str(cfg["profile"])
+
+
+def figures_dir(cfg: dict) -> Path:
+    """Where figures and tables go: ``figures_dir`` (relative to the project root) or the run's."""
+    if cfg.get("figures_dir"):
+        path = Path(cfg["figures_dir"])
+        return path if path.is_absolute() else project_root() / path
+    return run_dir(cfg) / "figures"
+
+
+def section(cfg: dict, name: str, defaults: dict) -> dict:
+    """``cfg[name]`` over ``defaults``, refusing keys the defaults do not know (typos)."""
+    given = cfg.get(name) or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"parameter '{name}' must be a mapping, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in '{name}': {[f'{name}.{k}' for k in unknown]}; known: {sorted(defaults)}")
+    return deep_merge(defaults, given)
