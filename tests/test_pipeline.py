@@ -123,3 +123,31 @@ def test_every_registered_stage_declares_known_config_keys():
             assert key.split(".")[0] in TOP_LEVEL_KEYS, f"stage {name} reads unknown key {key}"
         for dep in st.deps:
             assert dep in pipeline.STAGES, f"stage {name} depends on unknown stage {dep}"
+
+
+@stage("test_slow", keys=("seed",))
+def _stage_slow(ctx):
+    import time
+
+    with open(ctx.out.parent / "slow-calls.txt", "a") as log:
+        log.write("x")
+    time.sleep(1.0)
+    (ctx.out / "value.json").write_text("1")
+
+
+def _get_slow(run_dir):
+    Pipeline(_cfg(), run_dir=run_dir, verbose=False).get("test_slow")
+
+
+def test_two_processes_asking_for_one_stage_compute_it_once(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_get_slow, args=(tmp_path,)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert (tmp_path / "slow-calls.txt").read_text() == "x"
+    assert Pipeline(_cfg(), run_dir=tmp_path, verbose=False).is_cached("test_slow")

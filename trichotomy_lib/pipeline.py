@@ -15,11 +15,13 @@ Stages register themselves with ``@stage(...)`` in the modules of ``trichotomy_l
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -85,6 +87,18 @@ def lookup(cfg: dict, dotted: str):
     return value
 
 
+@contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` for the duration of the block (POSIX flock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Pipeline:
     """Resolves stages for one config. ``Pipeline(cfg).get("reid_defender")`` → artifact dir."""
 
@@ -126,33 +140,39 @@ class Pipeline:
 
     # -- computing ------------------------------------------------------------------------
     def get(self, name: str) -> Path:
-        """The stage's artifact directory, computing it (and its upstream stages) if needed."""
+        """The stage's artifact directory, computing it (and its upstream stages) if needed.
+
+        Two processes asking for the same stage (a notebook and ``trichotomy reproduce``, say)
+        take turns on a lock file; the second one finds the first one's result.
+        """
         final = self.path(name)
         if (final / "config.json").exists():
             return final
         st = self.stage(name)
         inputs = {dep: self.get(dep) for dep in st.deps}
-        partial = self.run_dir / f".{final.name}.partial"
-        partial.mkdir(parents=True, exist_ok=True)
-        if self.verbose:
-            print(f"[pipeline] computing stage {name!r} → {final}", flush=True)
-        start = time.perf_counter()
-        ctx = StageContext(name, self.cfg, self.params(name), inputs, partial, self)
-        st.fn(ctx)
-        atomic_write_json(
-            partial / "config.json",
-            {
-                "stage": name,
-                "version": st.version,
-                "key": self.key(name),
-                "params": self.params(name),
-                "deps": {dep: str(path) for dep, path in inputs.items()},
-                "seconds": round(time.perf_counter() - start, 3),
-            },
-        )
-        if final.exists():  # a concurrent run finished first; keep its result
-            shutil.rmtree(partial)
-        else:
+        with _locked(self.run_dir / f".{final.name}.lock"):
+            if (final / "config.json").exists():
+                return final
+            partial = self.run_dir / f".{final.name}.partial"
+            partial.mkdir(parents=True, exist_ok=True)
+            if self.verbose:
+                print(f"[pipeline] computing stage {name!r} → {final}", flush=True)
+            start = time.perf_counter()
+            ctx = StageContext(name, self.cfg, self.params(name), inputs, partial, self)
+            st.fn(ctx)
+            atomic_write_json(
+                partial / "config.json",
+                {
+                    "stage": name,
+                    "version": st.version,
+                    "key": self.key(name),
+                    "params": self.params(name),
+                    "deps": {dep: str(path) for dep, path in inputs.items()},
+                    "seconds": round(time.perf_counter() - start, 3),
+                },
+            )
+            if final.exists():  # left over from a run that died between rename and config
+                shutil.rmtree(final)
             os.replace(partial, final)
         return final
 

@@ -9,7 +9,7 @@ from ..pipeline import Pipeline, StageContext, stage
 SPLITS = ("train", "val", "test")
 
 
-@stage("data", keys=("seed", "data", "data_root"))
+@stage("data", keys=("seed", "data", "data_root"), version=2)  # 2: PhantomCXR identity cues
 def data_stage(ctx: StageContext) -> None:
     """Build PhantomCXR (or read a file list) and write each split as an ImageSet."""
     splits = build_dataset(ctx.params["data"] or {}, ctx.params["data_root"], seed=ctx.params["seed"])

@@ -1,0 +1,312 @@
+"""Diffusion core: network round trip, EDM identities, training (resume, NaN), sampling, latents."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trichotomy_lib.diffusion.edm import denoise, edm_loss, loss_weight, preconditioning, sample_sigma
+from trichotomy_lib.diffusion.ema import ema_beta
+from trichotomy_lib.diffusion.network import Denoiser
+from trichotomy_lib.diffusion.sampler import edm_sigmas, guided_denoiser, network_evaluations, sample
+from trichotomy_lib.diffusion.train import TrainingDiverged, check_hyperparameters, train_denoiser
+
+TINY = dict(sample_size=16, channels=(8, 16), norm_groups=4, head_dim=8)
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    return Denoiser(**{**TINY, **kw})
+
+
+def randomise(net, seed=1, std=0.05):
+    """Give the zero-initialised output layers weights, so the network output is not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return net.eval()
+
+
+def blobs(n=24, size=16, seed=0):
+    """Synthetic training images in [-1, 1]: a bright disc whose position depends on the label."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(n, 8)
+    labels[torch.arange(n), torch.arange(n) % 8] = 1
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    cls = torch.arange(n) % 8
+    cy, cx = 4 + (cls // 4) * 8, 2 + (cls % 4) * 4
+    disc = ((yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2 < 9).float()
+    images = (disc * 1.6 - 0.8 + 0.1 * torch.randn(n, size, size, generator=g)).clamp(-1, 1)[:, None]
+    return images, labels, torch.randn(n, 12, generator=g)
+
+
+# ---------------------------------------------------------------------------- network
+def test_save_load_round_trip(tmp_path):
+    net = randomise(tiny(label_dim=8, embed_dim=12))
+    net.save_pretrained(tmp_path / "m", safe_serialization=True)
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").exists()
+    loaded = Denoiser.from_pretrained(tmp_path / "m", use_safetensors=True).eval()
+    assert list(loaded.config.channels) == list(net.config.channels) and loaded.config.embed_dim == 12
+    x, c = torch.randn(3, 1, 16, 16), torch.randn(3)
+    lab, emb = torch.eye(8)[:3], torch.randn(3, 12)
+    with torch.no_grad():
+        assert torch.equal(net(x, c, lab, emb), loaded(x, c, lab, emb))
+
+
+def test_condition_shapes_and_errors():
+    net = tiny(label_dim=8, embed_dim=12).eval()
+    x, c = torch.randn(2, 1, 16, 16), torch.randn(2)
+    assert net(x, c).shape == (2, 1, 16, 16)
+    assert net(x, c, torch.eye(8)[:2], torch.randn(2, 12)).shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"labels must have shape \(2, 8\).*\(2, 7\)"):
+        net(x, c, torch.ones(2, 7))
+    with pytest.raises(ValueError, match=r"embedding must have shape \(2, 12\)"):
+        net(x, c, None, torch.ones(3, 12))
+    with pytest.raises(ValueError, match="no labels input"):
+        tiny()(x, c, torch.eye(8)[:2])
+    with pytest.raises(ValueError, match=r"x must be \(N, 1, H, W\)"):
+        net(torch.randn(2, 3, 16, 16), c)
+    with pytest.raises(ValueError, match="divisible"):
+        Denoiser(sample_size=30, channels=(8, 16))
+
+
+def test_embedding_is_normalised_and_dropped_embedding_is_unconditional():
+    net = randomise(tiny(embed_dim=12))
+    x, c, e = torch.randn(2, 1, 16, 16), torch.randn(2), torch.randn(2, 12)
+    with torch.no_grad():
+        assert torch.allclose(net(x, c, None, e), net(x, c, None, 7.0 * e), atol=1e-5)   # scale-free (L2 × sqrt(D))
+        assert torch.allclose(net(x, c, None, torch.zeros(2, 12)), net(x, c), atol=1e-6)  # zeros = dropped
+        assert not torch.allclose(net(x, c, None, e), net(x, c), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- EDM
+def test_preconditioning_formulas():
+    sigma, sd = torch.tensor([0.002, 0.5, 3.0, 80.0], dtype=torch.float64), 0.5
+    c_skip, c_out, c_in, c_noise = preconditioning(sigma, sd)
+    assert torch.allclose(c_skip, sd**2 / (sigma**2 + sd**2))
+    assert torch.allclose(c_out, sigma * sd / torch.sqrt(sigma**2 + sd**2))
+    assert torch.allclose(c_in, 1 / torch.sqrt(sigma**2 + sd**2))
+    assert torch.allclose(c_noise, torch.log(sigma) / 4)
+    # the noisy input c_in·(y + σn) has unit variance for Var(y) = σ_data²
+    assert torch.allclose(c_in**2 * (sd**2 + sigma**2), torch.ones_like(sigma))
+    # at σ = σ_data skip and output are balanced: c_skip = 1/2, c_out = σ_data/√2
+    assert math.isclose(float(c_skip[1]), 0.5) and math.isclose(float(c_out[1]), sd / math.sqrt(2))
+
+
+def test_denoiser_is_identity_at_small_sigma_and_skip_at_large():
+    net = randomise(tiny())
+    x = torch.randn(2, 1, 16, 16) * 0.5
+    with torch.no_grad():
+        assert torch.allclose(denoise(net, x, 1e-4), x, atol=1e-3)          # c_skip → 1, c_out → 0
+        d = denoise(net, x * 1000, 1000.0)                                 # c_skip → 0: D ≈ c_out·F, bounded
+        assert d.abs().max() < 50 and not torch.allclose(d, x * 1000 * 0.25e-6, atol=1e-3)
+
+
+def test_loss_weighting_and_sigma_distribution():
+    sigma = torch.tensor([0.01, 0.5, 2.0, 50.0], dtype=torch.float64)
+    lam = loss_weight(sigma, 0.5)
+    assert torch.allclose(lam, (sigma**2 + 0.25) / (sigma * 0.5) ** 2)
+    _, c_out, _, _ = preconditioning(sigma, 0.5)
+    assert torch.allclose(lam * c_out**2, torch.ones_like(sigma))  # λ = 1/c_out²: unit effective weight
+    s = sample_sigma(200_000, -1.2, 1.2, torch.Generator().manual_seed(0))
+    assert abs(s.log().mean() + 1.2) < 0.02 and abs(s.log().std() - 1.2) < 0.02
+    # a zero-output net on N(0, σ_data²) data is the optimal denoiser: expected loss = λ·c_out²... = 1
+    net = tiny()
+    y = torch.randn(4096, 1, 16, 16) * 0.5
+    sig = torch.full((4096,), 1.3)
+    with torch.no_grad():
+        loss = edm_loss(net, y, sig, torch.randn_like(y)).mean()
+    assert abs(float(loss) - 1.0) < 0.02
+
+
+def test_ema_beta():
+    assert math.isclose(ema_beta(64, 10**9, 640, None), 0.5 ** 0.1)
+    assert math.isclose(ema_beta(64, 64, 10_000, 0.1), 0.5**10)  # ramp-up: h = 0.1·64 images, forget the init fast
+    assert ema_beta(64, 10**7, 10_000, 0.1) == 0.5 ** (64 / 10_000)
+
+
+# ---------------------------------------------------------------------------- training
+HP = dict(steps=6, batch_size=8, lr=1e-3, lr_warmup_steps=2, checkpoint_every=3, ema_halflife_images=50,
+          ema_rampup=None, guide_step=2, label_dropout=0.3, embed_dropout=0.3)
+
+
+def test_resume_gives_identical_weights(tmp_path):
+    images, labels, emb = blobs()
+    straight = train_denoiser(tiny(label_dim=8, embed_dim=12), images, tmp_path / "a", HP, labels, emb, seed=3, progress=False)
+    assert straight["finished"] and len(straight["log"]["loss"]) == 6
+    half = train_denoiser(tiny(label_dim=8, embed_dim=12), images, tmp_path / "b", HP, labels, emb, seed=3, progress=False,
+                          stop_at_step=3)  # "killed" after the step-3 checkpoint
+    assert not half["finished"]
+    resumed = train_denoiser(tiny(seed=99, label_dim=8, embed_dim=12), images, tmp_path / "b", HP, labels, emb, seed=3,
+                             progress=False)  # a fresh process: different init, state comes from the checkpoint
+    for key in ("net", "ema", "guide"):
+        a, b = straight[key].state_dict(), resumed[key].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), key
+    assert straight["log"] == resumed["log"]
+    assert not all(torch.equal(straight["ema"].state_dict()[k], straight["net"].state_dict()[k]) for k in a)
+    assert (tmp_path / "b" / "train_log.csv").read_text().count("\n") == 7
+    assert not list((tmp_path / "b" / "checkpoints").rglob("*.pt")) and not list((tmp_path / "b").rglob("*.pkl"))
+
+
+def test_nan_loss_stops_with_clear_message(tmp_path):
+    images, _, _ = blobs()
+    images[5] = float("nan")
+    hp = {**HP, "steps": 50, "label_dropout": 0.0, "embed_dropout": 0.0, "guide_step": None}
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step \d+.*diffusion.train.lr"):
+        train_denoiser(tiny(), images, tmp_path, hp, progress=False)
+
+
+def test_training_hyperparameter_and_data_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown training hyperparameter"):
+        check_hyperparameters({"step": 3})
+    with pytest.raises(ValueError, match="guide_step"):
+        check_hyperparameters({"steps": 3, "guide_step": 9})
+    images, labels, _ = blobs()
+    with pytest.raises(ValueError, match="no labels were given"):
+        train_denoiser(tiny(label_dim=8), images, tmp_path, HP, progress=False)
+    with pytest.raises(ValueError, match=r"training images must be \(N, 1, 16, 16\)"):
+        train_denoiser(tiny(), images[:, :, :8], tmp_path, HP, progress=False)
+
+
+def test_training_reduces_loss(tmp_path):
+    images, labels, emb = blobs(64)
+    hp = {**HP, "steps": 40, "batch_size": 16, "lr": 3e-3, "checkpoint_every": 40, "guide_step": None}
+    log = train_denoiser(tiny(label_dim=8), images, tmp_path, hp, labels, progress=False)["log"]
+    assert np.isfinite(log["loss"]).all() and np.mean(log["loss"][-10:]) < 0.8 * np.mean(log["loss"][:10])
+
+
+# ---------------------------------------------------------------------------- sampling
+@pytest.mark.parametrize("solver", ["heun", "dpm"])
+def test_samplers_converge_to_the_gaussian_ode_solution_at_second_order(solver):
+    """A zero-output network is the exact denoiser of N(0, σ_data²) data, whose probability-flow ODE
+    maps x(σ_max) to x(0) = x(σ_max)·σ_data/sqrt(σ_max² + σ_data²). Both solvers are 2nd order:
+    doubling the steps cuts the error about 4×."""
+    net = tiny().eval()
+    noise = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    exact = noise * 80 * 0.5 / math.sqrt(80**2 + 0.25)
+    err = {n: float((sample(net, None, [5], steps=n, solver=solver, clamp=False) - exact).abs().max() / exact.abs().max())
+           for n in (32, 64)}
+    assert err[64] < 0.006 and err[32] / err[64] > 3.5, err
+
+
+def test_sigma_schedule():
+    t = edm_sigmas(32)
+    assert len(t) == 33 and t[-1] == 0 and math.isclose(float(t[0]), 80) and math.isclose(float(t[-2]), 0.002)
+    assert (t[:-1] > t[1:]).all()
+    assert network_evaluations(32, "heun") == 63 and network_evaluations(16, "dpm", 1.4) == 32
+
+
+@pytest.mark.parametrize("solver", ["heun", "dpm"])
+def test_per_sample_seeds_do_not_depend_on_batching(solver):
+    net = randomise(tiny(label_dim=8, embed_dim=12))
+    cond = {"labels": torch.eye(8)[[0, 1, 2, 3, 4, 5]], "embedding": torch.randn(6, 12)}
+    seeds = [11, 12, 13, 14, 15, 16]
+    kw = dict(steps=4, guidance=1.5, solver=solver)
+    whole = sample(net, cond, seeds, batch_size=6, **kw)
+    split = sample(net, cond, seeds, batch_size=4, **kw)  # batches of 4 + 2
+    assert torch.equal(whole, split)
+    parts = torch.cat([sample(net, {k: v[:2] for k, v in cond.items()}, seeds[:2], **kw),
+                       sample(net, {k: v[2:] for k, v in cond.items()}, seeds[2:], **kw)])
+    assert torch.equal(whole, parts)
+    single = sample(net, {k: v[3:4] for k, v in cond.items()}, seeds[3:4], **kw)
+    assert torch.equal(whole[3:4], single)
+    assert not torch.equal(whole[0], whole[1])
+    assert whole.min() >= -1 and whole.max() <= 1
+
+
+def test_guidance():
+    net = randomise(tiny(label_dim=8))
+    guide = randomise(tiny(label_dim=8), seed=7)
+    x, lab = torch.randn(3, 1, 16, 16), torch.eye(8)[:3]
+    with torch.no_grad():
+        cond = denoise(net, x, 2.0, lab)
+        D1 = guided_denoiser(net, lab, None, 1.0, guide)
+        assert torch.equal(D1(x, 2.0), cond) and D1.nfe == 1          # w = 1: the guide is not evaluated
+        D0 = guided_denoiser(net, lab, None, 0.0)
+        assert torch.allclose(D0(x, 2.0), denoise(net, x, 2.0))        # w = 0: the unconditional mode
+        D2 = guided_denoiser(net, lab, None, 2.0, guide)
+        g = denoise(guide, x, 2.0, lab)
+        assert torch.allclose(D2(x, 2.0), g + 2.0 * (cond - g), atol=1e-6) and D2.nfe == 2  # autoguidance
+    a = sample(net, {"labels": lab}, [1, 2, 3], steps=3, guidance=1.0, guide_net=guide)
+    b = sample(net, {"labels": lab}, [1, 2, 3], steps=3, guidance=1.0)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"labels must have shape \(3, 8\)"):
+        sample(net, {"labels": torch.eye(8)[:2]}, [1, 2, 3], steps=3)
+    with pytest.raises(ValueError, match="cond keys"):
+        sample(net, {"label": lab}, [1, 2, 3], steps=3)
+
+
+# ---------------------------------------------------------------------------- latents
+def test_latent_codec_round_trip(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from trichotomy_lib.diffusion.latent import LatentCodec, load_vae
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
+                        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16)
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    vae = load_vae(tmp_path / "vae")
+    images, _, _ = blobs(10)
+    codec = LatentCodec(vae)
+    z = codec.fit(codec.encode_raw(images, batch_size=4)).encode(images, batch_size=3)
+    assert z.shape == (10, 4, 8, 8)
+    assert torch.allclose(z.std(dim=(0, 2, 3)), torch.full((4,), 0.5), atol=1e-4)   # per-channel std = σ_data
+    assert torch.allclose(z.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5)
+    raw = codec.encode_raw(images)
+    assert torch.allclose(codec.denormalise(codec.normalise(raw)), raw, atol=1e-5)
+    codec.save(tmp_path / "stats.json")
+    again = LatentCodec.load(vae, tmp_path / "stats.json")
+    assert torch.allclose(again.encode(images), z, atol=1e-5)
+    x = again.decode(z)
+    assert x.shape == (10, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
+    with torch.no_grad():  # decode = VAE decoder of the de-normalised latent, RGB averaged to grey
+        direct = vae.decode(raw).sample.mean(1, keepdim=True).clamp(-1, 1)
+    assert torch.allclose(x, direct, atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="AutoencoderKL"):
+        load_vae(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------- stage
+def test_stage_trains_saves_and_samples_every_mode(tmp_path):
+    """The ``diffusion`` stage on a tiny cached 'data' + 'encoder' (written by hand, no upstream compute)."""
+    from trichotomy_lib.config import ConfigError
+    from trichotomy_lib.data.imageset import ImageSet
+    from trichotomy_lib.io import atomic_write_json
+    from trichotomy_lib.pipeline import Pipeline
+    from trichotomy_lib.stages import diffusion as dstage
+
+    images, labels, emb = blobs(16)
+    cfg = {"profile": "t", "seed": 1, "run_root": str(tmp_path), "data": {"image_size": 16},
+           "diffusion": {"preset": "smoke", "network": {"channels": [8, 16], "norm_groups": 4, "head_dim": 8},
+                         "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "guide_step": 2},
+                         "sampler": {"steps": 3}}}
+    pipe = Pipeline(cfg, verbose=False)
+    u8 = ((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    ImageSet(u8, labels.numpy().astype(np.uint8), np.array([f"p{i // 2}" for i in range(16)]),
+             np.array([f"s{i}" for i in range(16)])).save(pipe.path("data") / "train")
+    atomic_write_json(pipe.path("data") / "config.json", {})
+    pipe.path("encoder").mkdir(parents=True)
+    np.save(pipe.path("encoder") / "embeddings_train.npy", emb.numpy())
+    atomic_write_json(pipe.path("encoder") / "config.json", {})
+
+    for mode in ("uncond", "class", "pseudo"):
+        assert dstage.load_denoiser(pipe, mode).config.label_dim == 8  # the joint network serves every mode
+    assert dstage.load_denoiser(pipe, which="guide").config.embed_dim == 12
+    assert len(dstage.load_train_log(pipe)["loss"]) == 4
+    out = pipe.path("diffusion") / "joint"
+    assert (out / "ema" / "diffusion_pytorch_model.safetensors").exists() and not (out / "checkpoints").exists()
+    x = dstage.sample_images(pipe, "class", [1, 2], labels=np.eye(8, dtype=np.float32)[:2], guidance=1.5)
+    y = dstage.sample_images(pipe, "class", [2], labels=np.eye(8, dtype=np.float32)[1:2], guidance=1.5)
+    assert x.shape == (2, 1, 16, 16) and torch.equal(x[1:], y)
+    with pytest.raises(ValueError, match="needs embedding"):
+        dstage.sample_images(pipe, "pseudo", [1])
+    with pytest.raises(ConfigError, match="diffusion.models"):
+        dstage.diffusion_config({"diffusion": {"models": ["joint", "class"]}})
+    with pytest.raises(ConfigError, match="diffusion.typo"):
+        dstage.diffusion_config({"diffusion": {"typo": 1}})

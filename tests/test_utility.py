@@ -1,0 +1,95 @@
+"""Utility rows: train-on-X / test-on-real logic with tiny stand-ins (no pipeline, no data stage)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trichotomy_lib.config import ConfigError
+from trichotomy_lib.data.imageset import LABELS, ImageSet
+from trichotomy_lib.evaluation.sweep import pareto_front, sweep_config
+from trichotomy_lib.evaluation.utility import (UTILITY_DEFAULTS, cross_table, train_and_predict, training_config,
+                                               utility_config, utility_row, utility_table)
+
+TINY = {"width": 4, "depth": 2, "epochs": 3, "batch_size": 32, "lr": 0.01, "n_boot": 50}
+
+
+def blob_set(n: int, seed: int, noise: float = 20.0) -> ImageSet:
+    """16×16 images; finding k = a bright 4×4 square at a position of its own (learnable)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((n, 8), np.uint8)
+    labels[np.arange(n), rng.integers(0, 8, n)] = 1
+    images = rng.normal(60, noise, (n, 16, 16))
+    for i, k in enumerate(labels.argmax(1)):
+        r, c = divmod(int(k), 4)
+        images[i, 2 + 6 * (r % 2): 6 + 6 * (r % 2), 4 * c: 4 * c + 4] += 150
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    pids = np.array([f"p{i // 2:04d}" for i in range(n)])
+    return ImageSet(images, labels, pids, np.array([f"{p}/s{i}" for i, p in enumerate(pids)]))
+
+
+def test_train_and_predict_learns_and_beats_noise():
+    train, val, test = blob_set(160, 0), blob_set(48, 1), blob_set(96, 2)
+    clf, probs = train_and_predict(train, val, test, training_config(TINY, {}), seed=3, progress=False)
+    assert probs.shape == (96, 8) and probs.dtype == np.float32
+    row = utility_row(test.labels, probs, None, n_boot=50, seed=0)
+    assert row["auroc"]["mean"] > 0.7                      # the task is learnable from 160 images
+    # a "release" of pure noise with the same labels is worse than real data: Δ < 0
+    noise = ImageSet(np.random.default_rng(5).integers(0, 255, train.images.shape, dtype=np.uint8),
+                     train.labels, train.patient_ids, train.names)
+    _, noise_probs = train_and_predict(noise, val, test, training_config(TINY, {}), seed=3, progress=False)
+    bad = utility_row(test.labels, noise_probs, probs, n_boot=200, seed=0)
+    assert bad["diff_points"] < 0 and bad["diff_hi"] < 0
+
+
+def test_difference_ci_sign_and_real_row():
+    rng = np.random.default_rng(0)
+    y = np.zeros((300, 8), np.uint8)
+    y[np.arange(300), rng.integers(0, 8, 300)] = 1
+    good = y + rng.normal(0, 0.3, y.shape)
+    poor = y + rng.normal(0, 1.5, y.shape)
+    up = utility_row(y, good, poor, n_boot=300, seed=1)
+    down = utility_row(y, poor, good, n_boot=300, seed=1)
+    assert up["diff_lo"] > 0 and down["diff_hi"] < 0       # CI sign follows which is better
+    assert up["diff_points"] == pytest.approx(-down["diff_points"])
+    assert up["diff_points"] == pytest.approx(100 * (up["auroc"]["mean"] - down["auroc"]["mean"]))
+    real = utility_row(y, poor, None, n_boot=50, seed=1)
+    assert (real["diff_points"], real["diff_lo"], real["diff_hi"]) == (0.0, 0.0, 0.0)
+    assert set(real["auroc"]) == set(LABELS) | {"mean"}
+    table = utility_table({"real": real, "syn": up}, {"real": "real data"}, {"real": 300, "syn": 300})
+    assert list(table.index) == ["real data", "syn"]
+    assert table.loc["real data", "Δ to real (points)"] == "0 (reference)"
+    assert table.loc["syn", "Δ to real (points)"].startswith("+")
+    with pytest.raises(ValueError, match="must both be"):
+        utility_row(y, good[:, :7])
+
+
+def test_configs_reject_typos_and_merge_overrides():
+    cfg = {"classifier": {"width": 8, "augment": {"rotate": 2.0}}, "utility": {"classifier": {"epochs": 2}}}
+    u = utility_config(cfg)
+    assert u["releases"] == UTILITY_DEFAULTS["releases"] and u["readme"] is False
+    merged = training_config(cfg["classifier"], u["classifier"])
+    assert (merged["width"], merged["epochs"], merged["augment"]["rotate"]) == (8, 2, 2.0)
+    assert merged["augment"]["translate"] == 0.06          # augment merged key by key
+    with pytest.raises(ConfigError, match="utility.relases"):
+        utility_config({"utility": {"relases": []}})
+    with pytest.raises(ConfigError, match="utility.releases"):
+        utility_config({"utility": {"releases": ["nope"]}})
+    with pytest.raises(ConfigError, match="classifier"):
+        utility_config({"utility": {"classifier": {"epoch": 2}}})
+    with pytest.raises(ConfigError, match="sweep.guidances"):
+        sweep_config({"sweep": {"guidances": []}})
+    assert sweep_config({"sweep": {"guidances": [1, 1.4]}})["guidances"] == [1.0, 1.4]
+
+
+def test_cross_table_layout_and_pareto():
+    t = cross_table({"a": {"a": 0.9, "b": 0.8}, "b": {"a": 0.7, "b": 0.85}})
+    assert t.loc["a", "b"] == pytest.approx(80.0) and t.loc["b", "a"] == pytest.approx(70.0)
+    df = pd.DataFrame({"fd": [1.0, 2.0, 3.0], "auroc": [0.8, 0.9, 0.85]}, index=[0.7, 1.0, 1.4])
+    front = pareto_front(df, minimise=("fd",), maximise=("auroc",))
+    assert front.tolist() == [True, True, False]            # 1.4 is dominated by 1.0
+
+
+def test_cross_site_mapping_replaces_default():
+    u = utility_config({"utility": {"cross_site": {"x": {"site": "b"}}}})
+    assert u["cross_site"] == {"x": {"site": "b"}}
+    assert utility_config({"utility": {"cross_site": {}}})["cross_site"] == {}

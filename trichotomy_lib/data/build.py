@@ -1,0 +1,101 @@
+"""The data stage's single entry point: a profile's ``data:`` section → train/val/test ImageSets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .filelist import DataError, read_filelist
+from .imageset import ImageSet
+from .phantom import PHANTOM_DEFAULTS, SITES, generate_phantom
+from .splits import split_patients
+
+__all__ = ["DEFAULT_DATA_CFG", "validate_data_cfg", "build_dataset"]
+
+# Every key a profile's ``data:`` section may set, with its default.
+DEFAULT_DATA_CFG: dict = dict(
+    source="phantom",  # "phantom" (PhantomCXR, embedded) or "filelist" (real images)
+    image_size=32,  # side in pixels; 32 on CPU, 256-512 at paper scale
+    n_patients=500,  # phantom only: number of patients (~2.8 images each)
+    site="a",  # phantom only: acquisition style, one of SITES ("a", "b", "c")
+    max_scans=8,  # phantom only: scans per patient are 1..max_scans
+    seed=None,  # phantom only: dataset seed; None = the profile's seed
+    phantom={},  # phantom only: overrides of phantom.PHANTOM_DEFAULTS
+    filelist=None,  # filelist only: path of the list, relative to data_root
+    split_fractions=(0.8, 0.1, 0.1),  # train/val/test fractions of patients
+    split_seed=42,  # the paper's split seed
+)
+
+
+def _check(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise DataError(f"data.{field}: {msg}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate_data_cfg(data_cfg: dict | None) -> dict:
+    """Defaults filled in and every field checked; errors name the field (``data.n_patients``)."""
+    data_cfg = dict(data_cfg or {})
+    unknown = sorted(set(data_cfg) - set(DEFAULT_DATA_CFG))
+    if unknown:
+        raise DataError(f"data.{unknown[0]}: unknown key; known keys: {', '.join(DEFAULT_DATA_CFG)}")
+    cfg = {**DEFAULT_DATA_CFG, **data_cfg}
+    _check(cfg["source"] in ("phantom", "filelist"), "source", f"must be 'phantom' or 'filelist', got {cfg['source']!r}")
+    _check(_is_int(cfg["image_size"]) and 16 <= cfg["image_size"] <= 1024, "image_size",
+           f"must be an integer in 16..1024, got {cfg['image_size']!r}")
+    _check(_is_int(cfg["n_patients"]) and cfg["n_patients"] >= 3, "n_patients",
+           f"must be an integer >= 3, got {cfg['n_patients']!r}")
+    _check(isinstance(cfg["site"], str) and cfg["site"] in SITES, "site",
+           f"must be one of {sorted(SITES)}, got {cfg['site']!r}")
+    _check(_is_int(cfg["max_scans"]) and 1 <= cfg["max_scans"] <= 8, "max_scans",
+           f"must be an integer in 1..8, got {cfg['max_scans']!r}")
+    _check(cfg["seed"] is None or _is_int(cfg["seed"]), "seed", f"must be an integer or null, got {cfg['seed']!r}")
+    _check(isinstance(cfg["phantom"], dict), "phantom", f"must be a mapping, got {type(cfg['phantom']).__name__}")
+    for key in cfg["phantom"]:
+        _check(key in PHANTOM_DEFAULTS, f"phantom.{key}", f"unknown phantom parameter; known: {', '.join(PHANTOM_DEFAULTS)}")
+    _check(cfg["filelist"] is None or isinstance(cfg["filelist"], str), "filelist",
+           f"must be a path string or null, got {cfg['filelist']!r}")
+    if cfg["source"] == "filelist":
+        _check(cfg["filelist"] is not None, "filelist", "required when data.source is 'filelist'")
+    fr = cfg["split_fractions"]
+    _check(isinstance(fr, (list, tuple)) and len(fr) == 3
+           and all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in fr)
+           and abs(sum(fr) - 1.0) < 1e-6,
+           "split_fractions", f"must be three positive numbers summing to 1, got {fr!r}")
+    cfg["split_fractions"] = tuple(float(f) for f in fr)
+    _check(_is_int(cfg["split_seed"]), "split_seed", f"must be an integer, got {cfg['split_seed']!r}")
+    return cfg
+
+
+def build_dataset(data_cfg: dict | None, data_root: str | Path | None = None, seed: int | None = None) -> dict[str, ImageSet]:
+    """Build the dataset a profile describes and split it patient-disjointly.
+
+    Args:
+        data_cfg: the profile's ``data:`` section (keys and defaults: ``DEFAULT_DATA_CFG``).
+        data_root: folder a file list's paths are relative to (required for ``source: filelist``).
+        seed: the profile's seed, used for the phantom when ``data.seed`` is null (else 0).
+
+    Returns:
+        ``{"train", "val", "test"}`` → ImageSet (train/val single-label, test multi-label too).
+    """
+    cfg = validate_data_cfg(data_cfg)
+    if cfg["source"] == "phantom":
+        ds = generate_phantom(
+            cfg["n_patients"],
+            image_size=cfg["image_size"],
+            seed=cfg["seed"] if cfg["seed"] is not None else (seed if seed is not None else 0),
+            site=cfg["site"],
+            max_scans=cfg["max_scans"],
+            params=cfg["phantom"] or None,
+            progress=True,
+        )
+    else:
+        if data_root is None:
+            raise DataError("data_root: required when data.source is 'filelist' (give --data-root)")
+        root = Path(data_root)
+        if not root.is_dir():
+            raise DataError(f"data_root: folder not found: {root}")
+        ds = read_filelist(root / cfg["filelist"], root, cfg["image_size"])
+    return split_patients(ds, cfg["split_fractions"], cfg["split_seed"])

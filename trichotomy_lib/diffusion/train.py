@@ -1,0 +1,298 @@
+"""Training loop: EDM loss, Adam with warm-up + inverse-sqrt decay, EMA, atomic resumable checkpoints.
+
+Determinism and resume: every random draw of the loop (which images, σ, noise, which
+conditions are dropped) comes from one CPU ``torch.Generator`` seeded with ``seed``; its state,
+the global torch RNG state, the weights, the EMA, the optimizer state and the loss log go into
+each checkpoint (safetensors for tensors, JSON for the rest — no pickle). A run killed after a
+checkpoint and resumed therefore ends with bit-identical weights to an uninterrupted run (on the
+same device and software; tested on CPU).
+
+Multi-GPU: the loop runs through ``trichotomy_lib.device.accelerator()``. Every process draws the
+same global batch and takes its own slice, so the global batch (and the result, up to reduction
+order) does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..device import accelerator as get_accelerator
+from ..io import atomic_path, atomic_write_json
+from .edm import edm_loss, sample_sigma
+from .ema import ema_beta, make_ema, update_ema
+
+# Every training hyperparameter, with its default (presets.py overrides them per profile).
+TRAIN_DEFAULTS: dict = dict(
+    steps=2000,               # optimizer steps (>= 1)
+    batch_size=64,            # global batch (images per step, over all devices)
+    lr=1e-3,                  # reference learning rate (Adam)
+    lr_warmup_steps=100,      # linear warm-up from 0 (EDM2 style)
+    lr_decay_steps=None,      # inverse-sqrt decay: lr / sqrt(max(step / lr_decay_steps, 1)); None = constant
+    adam_betas=(0.9, 0.99),   # EDM2's Adam betas
+    weight_decay=0.0,
+    grad_clip=None,           # max gradient norm, or None
+    p_mean=-1.2,              # ln σ ~ N(P_mean, P_std²): EDM pixel-space (CIFAR) values
+    p_std=1.2,
+    label_dropout=0.1,        # probability a sample's class vector is zeroed (unconditional)
+    embed_dropout=0.1,        # probability its embedding is zeroed, independently
+    ema_halflife_images=20_000,  # EMA half-life in training images
+    ema_rampup=0.1,           # EMA half-life ≤ rampup · images seen (None: no ramp-up)
+    guide_step=None,          # keep the EMA at this step as the autoguidance guide (None: no guide)
+    checkpoint_every=250,     # steps between checkpoints (and at the end)
+    mixed_precision="no",     # "no", "bf16", "fp16" (GPU only; CPU always fp32)
+)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN/inf; the message says at which step and what to try."""
+
+
+def check_hyperparameters(hp: dict) -> dict:
+    """``TRAIN_DEFAULTS`` with ``hp`` on top; unknown keys and out-of-range values raise."""
+    unknown = sorted(set(hp) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown training hyperparameter(s) {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
+    hp = {**TRAIN_DEFAULTS, **hp}
+    for key in ("steps", "batch_size", "checkpoint_every"):
+        if not isinstance(hp[key], int) or hp[key] < 1:
+            raise ValueError(f"train.{key} must be an integer >= 1, got {hp[key]!r}")
+    if not hp["lr"] > 0:
+        raise ValueError(f"train.lr must be > 0, got {hp['lr']}")
+    for key in ("label_dropout", "embed_dropout"):
+        if not 0 <= hp[key] <= 1:
+            raise ValueError(f"train.{key} must be in [0, 1], got {hp[key]}")
+    if hp["guide_step"] is not None and not 1 <= hp["guide_step"] <= hp["steps"]:
+        raise ValueError(f"train.guide_step must be in 1..steps={hp['steps']} or null, got {hp['guide_step']}")
+    return hp
+
+
+def learning_rate(step: int, hp: dict) -> float:
+    """lr(t) = lr_ref · min(1, t / warmup) / sqrt(max(t / t_decay, 1))  (EDM2 eq. 16 style)."""
+    lr = hp["lr"] * min(1.0, (step + 1) / max(hp["lr_warmup_steps"], 1))
+    if hp["lr_decay_steps"]:
+        lr /= math.sqrt(max(step / hp["lr_decay_steps"], 1.0))
+    return lr
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _flatten_optimizer(state: dict) -> tuple[dict, dict]:
+    tensors, scalars = {}, {}
+    for idx, entry in state["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"scalars": scalars, "param_groups": groups}
+
+
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _state_tensors(module: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(ckpt_root: Path, step: int, net, ema, guide, opt, gen: torch.Generator, log: dict, keep: int = 1) -> Path:
+    """Write ``ckpt_root/step-XXXXXXX/`` completely, then point ``latest.json`` at it (atomic rename);
+    a crash at any moment leaves the previous checkpoint intact."""
+    name = f"step-{step:07d}"
+    tmp = ckpt_root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(_state_tensors(net), tmp / "net.safetensors")
+    save_file(_state_tensors(ema), tmp / "ema.safetensors")
+    if guide is not None:
+        save_file(_state_tensors(guide), tmp / "guide.safetensors")
+    opt_tensors, opt_meta = _flatten_optimizer(opt.state_dict())
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    save_file({"generator": gen.get_state(), "torch_cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
+    atomic_write_json(tmp / "state.json", {"step": step, "optimizer": opt_meta, "log": log, "has_guide": guide is not None})
+    final = ckpt_root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_json(ckpt_root / "latest.json", {"step": step, "dir": name})
+    old = sorted(p for p in ckpt_root.glob("step-*") if p.name != name)
+    for path in old[: max(len(old) - (keep - 1), 0)]:
+        shutil.rmtree(path)
+    return final
+
+
+def load_checkpoint(ckpt_root: Path):
+    """(step, directory, state.json dict) of the latest checkpoint, or None if there is none."""
+    pointer = ckpt_root / "latest.json"
+    if not pointer.exists():
+        return None
+    info = json.loads(pointer.read_text())
+    directory = ckpt_root / info["dir"]
+    if not (directory / "state.json").exists():
+        raise FileNotFoundError(f"{pointer} points at {directory}, which is incomplete; delete {ckpt_root} to restart")
+    return info["step"], directory, json.loads((directory / "state.json").read_text())
+
+
+def write_log(out_dir: Path, log: dict) -> None:
+    """``train_log.json`` and ``train_log.csv`` (step, images, lr, loss) — the loss curve."""
+    atomic_write_json(out_dir / "train_log.json", log)
+    with atomic_path(out_dir / "train_log.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "images", "lr", "loss"])
+        writer.writerows(zip(log["step"], log["images"], log["lr"], log["loss"]))
+
+
+# ------------------------------------------------------------------------------ the loop
+def _check_data(net, images, labels, embeddings):
+    cfg = net.config
+    if images.ndim != 4 or tuple(images.shape[1:]) != (cfg.in_channels, cfg.sample_size, cfg.sample_size):
+        raise ValueError(f"training images must be (N, {cfg.in_channels}, {cfg.sample_size}, {cfg.sample_size}), got {tuple(images.shape)}")
+    n = images.shape[0]
+    if labels is not None and cfg.label_dim == 0:
+        labels = None  # this network has no class input (e.g. the 'uncond' or 'pseudo' model)
+    if embeddings is not None and cfg.embed_dim == 0:
+        embeddings = None
+    if cfg.label_dim and labels is None:
+        raise ValueError(f"the network has a class input (label_dim={cfg.label_dim}) but no labels were given")
+    if cfg.embed_dim and embeddings is None:
+        raise ValueError(f"the network has an embedding input (embed_dim={cfg.embed_dim}) but no embeddings were given")
+    net.check_condition(n, labels, embeddings)
+    return labels, embeddings
+
+
+def train_denoiser(
+    net,
+    images: torch.Tensor,
+    out_dir: str | os.PathLike,
+    hp: dict | None = None,
+    labels: torch.Tensor | None = None,
+    embeddings: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+    desc: str = "diffusion",
+):
+    """Train ``net`` (a ``Denoiser``) with the EDM loss; resume from ``out_dir/checkpoints`` if present.
+
+    Args:
+        net: freshly initialised ``Denoiser`` (its init must be seeded by the caller).
+        images: float32 (N, C, H, W) training data with std ≈ σ_data (pixels in [-1, 1] or
+            normalised latents); kept on the CPU, batches move to the device.
+        out_dir: where ``checkpoints/``, ``train_log.{json,csv}`` go.
+        hp: training hyperparameters over ``TRAIN_DEFAULTS``.
+        labels: (N, label_dim) multi-hot classes, needed iff the network has a class input.
+        embeddings: (N, embed_dim) pseudo-conditioning embeddings, needed iff it has an embedding input.
+        seed: seeds the loop's generator (data order, σ, noise, condition dropout).
+        stop_at_step: stop (after checkpointing) once this step is reached — simulates a kill in tests.
+
+    Returns:
+        dict(net=raw weights, ema=EMA network, guide=EMA at ``guide_step`` or None, log=loss log,
+        finished=bool) — networks unwrapped, on the accelerator's device, EMA ones in eval mode.
+    """
+    hp = check_hyperparameters(hp or {})
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    labels, embeddings = _check_data(net, images, labels, embeddings)
+    images = images.float().cpu()
+    labels = labels.float().cpu() if labels is not None else None
+    embeddings = embeddings.float().cpu() if embeddings is not None else None
+    sigma_data = float(net.config.sigma_data)
+
+    acc = get_accelerator(hp["mixed_precision"])
+    gen = torch.Generator().manual_seed(int(seed))
+    torch.manual_seed(int(seed))
+    opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], betas=tuple(hp["adam_betas"]), weight_decay=hp["weight_decay"])
+    ema, guide = make_ema(net), None
+    log = {"step": [], "images": [], "lr": [], "loss": []}
+    start = 0
+
+    resumed = load_checkpoint(ckpt_root)
+    if resumed is not None:
+        start, directory, state = resumed
+        net.load_state_dict(load_file(directory / "net.safetensors"))
+        ema.load_state_dict(load_file(directory / "ema.safetensors"))
+        if state["has_guide"]:
+            guide = make_ema(net)
+            guide.load_state_dict(load_file(directory / "guide.safetensors"))
+        rng = load_file(directory / "rng.safetensors")
+        gen.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch_cpu"])
+        log = state["log"]
+    model, opt = acc.prepare(net, opt)
+    if resumed is not None:
+        opt.load_state_dict(_unflatten_optimizer(load_file(directory / "optimizer.safetensors"), state["optimizer"]))
+    raw = acc.unwrap_model(model)
+    ema.to(acc.device)
+    if guide is not None:
+        guide.to(acc.device)
+    model.train()
+
+    world, rank, n = acc.num_processes, acc.process_index, images.shape[0]
+    batch = hp["batch_size"]
+    if batch % world:
+        raise ValueError(f"train.batch_size={batch} must be divisible by the number of processes ({world})")
+    end = hp["steps"] if stop_at_step is None else min(hp["steps"], stop_at_step)
+    bar = tqdm(range(start, end), initial=start, total=hp["steps"], desc=desc, disable=not progress or not acc.is_main_process)
+    for step in bar:
+        # -- one global batch, drawn identically on every process; this process takes its slice
+        idx = torch.randint(n, (batch,), generator=gen)
+        sigma = sample_sigma(batch, hp["p_mean"], hp["p_std"], gen)              # ln σ ~ N(P_mean, P_std²)
+        noise = torch.randn((batch, *images.shape[1:]), generator=gen)
+        keep_label = (torch.rand(batch, generator=gen) >= hp["label_dropout"]).float()[:, None]
+        keep_embed = (torch.rand(batch, generator=gen) >= hp["embed_dropout"]).float()[:, None]
+        mine = slice(rank * batch // world, (rank + 1) * batch // world)
+        y = images[idx[mine]].to(acc.device)
+        lab = (labels[idx] * keep_label)[mine].to(acc.device) if labels is not None else None
+        emb = (embeddings[idx] * keep_embed)[mine].to(acc.device) if embeddings is not None else None
+
+        lr = learning_rate(step, hp)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with acc.autocast():
+            loss = edm_loss(model, y, sigma[mine].to(acc.device), noise[mine].to(acc.device), lab, emb, sigma_data).mean()
+        value = float(acc.reduce(loss.detach(), reduction="mean"))
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"diffusion training loss became {value} at step {step} (lr={lr:.3g}); the last good checkpoint is in "
+                f"{ckpt_root}. Lower diffusion.train.lr, set diffusion.train.grad_clip, or check the data for NaN/inf."
+            )
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if hp["grad_clip"]:
+            acc.clip_grad_norm_(model.parameters(), hp["grad_clip"])
+        opt.step()
+
+        seen = (step + 1) * batch
+        update_ema(ema, raw, ema_beta(batch, seen, hp["ema_halflife_images"], hp["ema_rampup"]))
+        if hp["guide_step"] is not None and step + 1 == hp["guide_step"]:
+            guide = make_ema(ema)  # the early EMA snapshot: the autoguidance guide
+        log["step"].append(step + 1)
+        log["images"].append(seen)
+        log["lr"].append(lr)
+        log["loss"].append(value)
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+
+        if (step + 1) % hp["checkpoint_every"] == 0 or step + 1 == end:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(ckpt_root, step + 1, raw, ema, guide, opt, gen, log)
+                write_log(out_dir, log)
+            acc.wait_for_everyone()
+    bar.close()
+    finished = (len(log["step"]) and log["step"][-1] == hp["steps"]) or start >= hp["steps"]
+    return {"net": raw, "ema": ema, "guide": guide, "log": log, "finished": bool(finished)}

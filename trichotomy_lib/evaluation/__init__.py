@@ -1,0 +1,1 @@
+"""Evaluation: utility (AUROC), fidelity (Fréchet distance), diversity (IRS), privacy statistics."""

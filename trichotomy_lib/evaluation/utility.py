@@ -1,0 +1,160 @@
+"""Downstream utility (DESIGN step 8): train on a release, test on real patients.
+
+The paper's main table: the reference classifier (same architecture, same budget) is trained on
+each training set — the real training split and every synthetic release, each sample labelled
+with its *source* image's labels — its epoch is selected on the *real* validation split, and it
+is tested on the *real* test split. Per row: per-class AUROC and their mean with bootstrap CIs,
+and the difference of the mean to the real row in points with a *paired* bootstrap CI (both
+classifiers scored on the same resampled test images, ``stats.auroc_difference_ci``).
+
+The cross-dataset table (real data only) trains one classifier per dataset (PhantomCXR site,
+or real file list) and tests it on every dataset's test split.
+
+Settings live in the ``utility`` profile section (``UTILITY_DEFAULTS``); ``utility_config``
+checks them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import config as config_mod
+from ..data.imageset import LABELS, N_LABELS, ImageSet
+from .classifier import Classifier, classifier_config, fit_classifier
+from .stats import auroc_difference_ci, auroc_table
+
+UTILITY_DEFAULTS: dict = {
+    # Releases with a row in the main table (stages/generate.py RELEASES), in display order.
+    "releases": ["edm_class", "diadm_raw", "diadm_filter", "diadm_filter_2nd"],
+    # Overrides of the `classifier` section for EVERY classifier this step trains — the real row
+    # included (retrained then, instead of reusing stage `classifier`), so the comparison stays
+    # at equal budget. {} (default/paper): exactly the reference classifier's recipe.
+    "classifier": {},
+    "n_boot": 1000,          # bootstrap resamples for AUROC CIs and the paired difference (>= 0)
+    "level": 0.95,           # confidence level of every interval, in (0, 1)
+    # Cross-dataset table: name → overrides of the `data` section that build that dataset with
+    # otherwise the same data settings (PhantomCXR: {site: b}; real data: {filelist: mimic.txt}).
+    # A dataset whose merged settings equal `data` reuses the data stage and the real classifier.
+    # A profile's mapping replaces this one; {} skips the table.
+    "cross_site": {"site a": {"site": "a"}, "site b": {"site": "b"}, "site c": {"site": "c"}},
+    # Fidelity/diversity feature space (evaluation/fidelity.py): "independent" = penultimate
+    # features of a classifier trained on the real split with its own seed (neither the
+    # pseudo-conditioning encoder nor the filter's consistency classifier); "reference" = the
+    # reference classifier's (free, but the filter selected samples with that network).
+    "features": "independent",
+    "alpha_e": 0.05,         # IRS occupancy-bound tail mass, in (0, 0.5)
+    "readme": False,         # 09_summary: True writes README.md's results section (default profile
+                             #   only); False writes the run directory's copy (CI never edits README)
+}
+
+
+def utility_config(cfg: dict) -> dict:
+    """The profile's ``utility`` section over ``UTILITY_DEFAULTS``; bad values name the field."""
+    u = config_mod.section(cfg, "utility", UTILITY_DEFAULTS)
+    given = cfg.get("utility") or {}
+    if "cross_site" in given:  # a profile's dataset mapping replaces the default one (not merged into it)
+        u["cross_site"] = given["cross_site"] or {}
+    from ..stages.generate import RELEASES  # the releases the generate stages can produce
+
+    if not isinstance(u["releases"], (list, tuple)) or not all(r in RELEASES for r in u["releases"]):
+        raise config_mod.ConfigError(f"utility.releases={u['releases']!r}: each must be one of {list(RELEASES)}")
+    if len(set(u["releases"])) != len(u["releases"]):
+        raise config_mod.ConfigError(f"utility.releases={u['releases']!r}: duplicates")
+    if not isinstance(u["n_boot"], int) or u["n_boot"] < 0:
+        raise config_mod.ConfigError(f"utility.n_boot={u['n_boot']!r}: must be an integer >= 0")
+    if not 0 < u["level"] < 1:
+        raise config_mod.ConfigError(f"utility.level={u['level']!r}: must be in (0, 1)")
+    if not isinstance(u["cross_site"], dict) or not all(isinstance(v, dict) for v in u["cross_site"].values()):
+        raise config_mod.ConfigError("utility.cross_site must map dataset names to `data` overrides (mappings)")
+    if u["features"] not in ("independent", "reference"):
+        raise config_mod.ConfigError(f"utility.features={u['features']!r}: choose 'independent' or 'reference'")
+    if not 0 < u["alpha_e"] < 0.5:
+        raise config_mod.ConfigError(f"utility.alpha_e={u['alpha_e']!r}: must be in (0, 0.5)")
+    if not isinstance(u["readme"], bool):
+        raise config_mod.ConfigError(f"utility.readme={u['readme']!r}: must be true or false")
+    classifier_config({**(cfg.get("classifier") or {}), **u["classifier"]})  # typos fail here, early
+    return u
+
+
+def training_config(classifier_section: dict | None, overrides: dict | None) -> dict:
+    """The classifier recipe of this step: the ``classifier`` section with ``utility.classifier``
+    on top (``augment`` merged key by key), checked by ``classifier_config``."""
+    return classifier_config(config_mod.deep_merge(classifier_section or {}, overrides or {}))
+
+
+# ----------------------------------------------------------------------------- one row
+def train_and_predict(train_set: ImageSet, val_set: ImageSet, test_set: ImageSet, clf_cfg: dict, seed: int,
+                      checkpoint_dir=None, progress: bool = True) -> tuple[Classifier, np.ndarray]:
+    """Fit the classifier on ``train_set`` (epoch chosen on the *real* ``val_set``) and return it
+    with its (N_test, 8) sigmoid outputs on the real ``test_set``."""
+    clf = fit_classifier(train_set, val_set, clf_cfg, seed=seed, checkpoint_dir=checkpoint_dir, progress=progress)
+    return clf, clf.predict_proba(test_set).astype(np.float32)
+
+
+def utility_row(y_test, probs, real_probs=None, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """One row of the main table from test predictions.
+
+    y_test: (N, 8) real test labels. probs: (N, 8) predictions of the classifier trained on this
+    row's training set; real_probs: the real-data classifier's predictions on the same images
+    (None for the real row itself). The bootstrap resamples the test images with ``seed``; the
+    difference uses the same resamples for both classifiers (paired).
+
+    Returns ``{"auroc": {class: value}, "lo": {...}, "hi": {...}`` (per class and "mean", in
+    [0, 1]), ``"diff_points", "diff_lo", "diff_hi"`` (100 × (mean − mean_real), 0 for the real
+    row) and ``"n_boot_valid"``.
+    """
+    y_test, probs = np.asarray(y_test), np.asarray(probs)
+    if probs.shape != y_test.shape or y_test.ndim != 2 or y_test.shape[1] != N_LABELS:
+        raise ValueError(f"utility_row: y_test and probs must both be (N, {N_LABELS}), got {y_test.shape}, {probs.shape}")
+    table = auroc_table(y_test, probs, list(LABELS), n_boot=n_boot, seed=seed, level=level)
+    row = {col: {k: float(v) for k, v in table[col].items()} for col in ("auroc", "lo", "hi")}
+    row["n_boot_valid"] = int(table.loc["mean", "n_boot_valid"])
+    if real_probs is None:
+        row.update(diff_points=0.0, diff_lo=0.0, diff_hi=0.0)
+    else:
+        real_probs = np.asarray(real_probs)
+        if real_probs.shape != y_test.shape:
+            raise ValueError(f"utility_row: real_probs must be {y_test.shape}, got {real_probs.shape}")
+        d = auroc_difference_ci(y_test, probs, real_probs, n_boot=n_boot, seed=seed, level=level)
+        row.update(diff_points=100 * d["diff"], diff_lo=100 * d["lo"], diff_hi=100 * d["hi"])
+    return row
+
+
+def _ci_text(value: float, lo: float, hi: float, digits: int = 1, signed: bool = False) -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    if lo is None or not np.isfinite(lo):
+        return fmt.format(value)
+    return f"{fmt.format(value)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def utility_table(rows: dict[str, dict], labels: dict[str, str] | None = None, n_train: dict | None = None) -> pd.DataFrame:
+    """The paper's main table: one row per training set (``rows``: name → ``utility_row``),
+    per-class AUROC in points (×100), the mean with its 95 % CI, and Δ to real in points with
+    its paired CI. ``labels`` maps row names to display names; ``n_train`` adds a column."""
+    out = {}
+    for name, r in rows.items():
+        line = {}
+        if n_train is not None:
+            line["n train"] = int(n_train[name])
+        for c in LABELS:
+            v = r["auroc"].get(c, np.nan)
+            line[c] = "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
+        line["mean AUROC [95% CI]"] = _ci_text(100 * r["auroc"]["mean"], 100 * r["lo"]["mean"], 100 * r["hi"]["mean"])
+        line["Δ to real (points)"] = "0 (reference)" if r["diff_points"] == 0 and r["diff_lo"] == 0 and r["diff_hi"] == 0 \
+            else _ci_text(r["diff_points"], r["diff_lo"], r["diff_hi"], signed=True)
+        out[(labels or {}).get(name, name)] = line
+    df = pd.DataFrame.from_dict(out, orient="index")
+    df.index.name = "training set"
+    return df
+
+
+# ----------------------------------------------------------------------------- cross-dataset
+def cross_table(aurocs: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Mean AUROC in points, rows = training dataset, columns = test dataset (paper layout).
+    ``aurocs``: {train name: {test name: mean AUROC in [0, 1]}}."""
+    df = pd.DataFrame({tr: {te: 100 * v for te, v in row.items()} for tr, row in aurocs.items()}).T
+    df.index.name = "train \\ test"
+    return df

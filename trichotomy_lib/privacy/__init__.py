@@ -1,0 +1,1 @@
+"""Privacy instruments and the release filter: re-identification verifiers (``reid``), ..."""

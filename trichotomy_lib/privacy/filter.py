@@ -1,0 +1,475 @@
+"""The sample evaluator / privacy filter ("DSE" in the paper's code; DESIGN step 6).
+
+For every real training image s (the *source*) the generator draws candidates conditioned on
+s's embedding (DiADM pseudo-conditioning). Each candidate c is judged twice:
+
+1. **Privacy, a hard constraint.** The defender verifier scores p(c, s) = P("same patient");
+   a candidate with p ≥ ``threshold`` (0.5) is *flagged* and never released, whatever its
+   other scores. (The paper's code adds the two scores, so a flagged candidate can win.)
+2. **Utility, among the survivors.** The reference classifier's label consistency
+   BCE(s, c) = −(1/8) Σ_k [ŷ_k(s) log ŷ_k(c) + (1 − ŷ_k(s)) log(1 − ŷ_k(c))]
+   (``evaluation.classifier.label_consistency``); the survivor with the lowest BCE is chosen,
+   the second lowest optionally kept as extra data.
+
+If every candidate of an attempt is flagged, the source is retried with new seeds and a lower
+guidance, g_a = max(g_0 − a·Δg, g_floor) for attempt a = 0, 1, …, ``max_attempts`` − 1 (paper:
+Δg = 0.1, no floor, no cap). A source that never passes is **skipped and recorded**, not forced.
+
+Loop shape (what makes it fast). The paper's code handles one source at a time and draws all K
+candidates before judging any. Here many sources move in lock step ("a chunk"): in each round
+every unfinished source draws its next ``round_size`` (r ≤ K) candidates, all of them in one
+batched sampler call per guidance value, then the round is judged at once. A source stops
+drawing as soon as it has ``min_survivors`` survivors in its current attempt, or when the
+attempt's K candidates are used up. Trade-off of ``min_survivors`` (m):
+
+* m = K reproduces "the most label-consistent of K" exactly (and, with r = K, the paper's
+  shape); every source costs ≥ K candidates.
+* m = 2 (default) is the least that still *chooses* by label consistency (and yields a second
+  best); when most candidates pass, a source costs ≈ 2 candidates instead of K, at the price
+  of choosing among fewer survivors (a somewhat higher BCE; measured in notebook 05 and
+  ``benchmarks/filter.py``).
+* m = 1 releases the first survivor: the cheapest, no label-consistency selection.
+
+Seeds. Candidate j of attempt a of source i gets its own seed (``candidate_seed``), a packed
+integer that is injective in (i, a, j) — retries never reuse another source's seeds (they do in
+the paper's code) — and the sampler uses per-sample seeds, so the release does not depend on
+the chunk size, the batch size or the order sources are processed in.
+
+Resumability. Sources are processed in chunks of ``chunk_size``; each finished chunk is
+written atomically (a temporary directory renamed into place) under ``out_dir``. Restarted
+after a crash, finished chunks are read back and only the rest is computed: nothing is lost or
+released twice.
+
+Everything model-specific is injected, which keeps this module pure and its tests fast:
+
+    sample_fn(sources (n,) int64, seeds (n,) int64, guidance float) → (n, 1, H, W) in [-1, 1]
+    defender_fn(sources (n,) int64, images (n, 1, H, W) float) → (n,) P(same patient as source)
+    classifier_fn(images (n, 1, H, W) float) → (n, 8) sigmoid outputs
+    source_probs: (N_train, 8) classifier outputs on the sources
+
+Candidates are quantised to uint8 *before* they are judged, so what is scored is exactly what
+is released (re-scoring a release with the defender reproduces the audit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..data.imageset import images_to_uint8
+from ..evaluation.classifier import label_consistency
+from ..io import atomic_write_json, to_jsonable
+from .release import read_audit_csv
+
+# Filter hyper-parameters (plain dict, EDM2 style); ranges in ``check_filter_params``.
+FILTER_DEFAULTS: dict = {
+    "k": 4,                  # K: candidates per source per attempt (paper: 4 / 16 / 32), >= 1
+    "round_size": 2,         # r: candidates drawn per source per round, 1..K (K = draw all, then judge)
+    "min_survivors": 2,      # m: stop drawing once an attempt has m survivors, 1..K (K = paper's choice)
+    "keep_second": True,     # also return the second-best survivor (rank 1) where there is one
+    "guidance": 1.4,         # g_0: guidance of the first attempt (paper: 1.4; release script 1.2)
+    "guidance_step": 0.1,    # Δg: guidance lowered by this after an all-flagged attempt (paper: 0.1), >= 0
+    "guidance_floor": 1.0,   # g_floor: guidance never goes below this, 0..g_0
+    "max_attempts": 8,       # attempts per source, retries included (paper: unbounded), >= 1
+    "threshold": 0.5,        # flagged if P(same patient) >= threshold, in (0, 1)
+    "chunk_size": 128,       # sources judged in lock step and written atomically together, >= 1
+}
+
+DECISIONS = ("chosen", "second_best", "not_best", "flagged", "skipped_source")
+AUDIT_COLUMNS = ("source_index", "patient_id", "source_name", "attempt", "candidate", "seed", "guidance",
+                 "defender_prob", "flagged", "bce", "decision", "reason", "source_outcome")
+
+# Packed seed layout (63 bits): [16-bit stream | 31-bit source | 8-bit attempt | 8-bit candidate]
+_SRC_BITS, _ATT_BITS, _CAND_BITS = 31, 8, 8
+
+
+def check_filter_params(params: dict | None) -> dict:
+    """``params`` over ``FILTER_DEFAULTS``; unknown keys and out-of-range values raise naming the key."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(FILTER_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown filter parameter(s) {unknown}; known: {sorted(FILTER_DEFAULTS)}")
+    p = {**FILTER_DEFAULTS, **params}
+    for key in ("k", "round_size", "min_survivors", "max_attempts", "chunk_size"):
+        if not isinstance(p[key], (int, np.integer)) or isinstance(p[key], bool) or p[key] < 1:
+            raise ValueError(f"filter.{key} must be an integer >= 1, got {p[key]!r}")
+    if p["k"] > 2**_CAND_BITS:
+        raise ValueError(f"filter.k must be <= {2**_CAND_BITS}, got {p['k']}")
+    if p["max_attempts"] > 2**_ATT_BITS:
+        raise ValueError(f"filter.max_attempts must be <= {2**_ATT_BITS}, got {p['max_attempts']}")
+    for key in ("round_size", "min_survivors"):
+        if p[key] > p["k"]:
+            raise ValueError(f"filter.{key}={p[key]} must be <= filter.k={p['k']}")
+    if not 0 < p["threshold"] < 1:
+        raise ValueError(f"filter.threshold must be in (0, 1), got {p['threshold']}")
+    if p["guidance"] < 0 or p["guidance_step"] < 0:
+        raise ValueError(f"filter.guidance and filter.guidance_step must be >= 0, got {p['guidance']}, {p['guidance_step']}")
+    if not 0 <= p["guidance_floor"] <= p["guidance"]:
+        raise ValueError(f"filter.guidance_floor must be in [0, guidance={p['guidance']}], got {p['guidance_floor']}")
+    return p
+
+
+def guidance_at(attempt: int, params: dict) -> float:
+    """g_a = max(g_0 − a·Δg, g_floor), rounded to 6 decimals (no float drift between attempts)."""
+    return round(max(params["guidance"] - attempt * params["guidance_step"], params["guidance_floor"]), 6)
+
+
+# ----------------------------------------------------------------------------------- seeds
+def seed_stream(profile_seed: int, *tags) -> int:
+    """A 16-bit stream id derived from the profile seed and tags (sha256), e.g. ("generate", "diadm")."""
+    blob = json.dumps([int(profile_seed), *map(str, tags)]).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:2], "little")
+
+
+def candidate_seed(stream: int, source, attempt, candidate) -> np.ndarray:
+    """Seed of candidate j of attempt a of source i: ``stream·2^47 + i·2^16 + a·2^8 + j``.
+
+    Injective in (i, a, j) for i < 2^31, a < 256, j < 256 (checked), so two candidates of one
+    release never share a seed — in particular a retry never reuses another source's seeds.
+    Vectorised (numpy broadcasting); returns int64 (< 2^63, a valid torch seed).
+    """
+    src, att, cand = (np.asarray(v, dtype=np.int64) for v in (source, attempt, candidate))
+    for name, v, bits in (("source", src, _SRC_BITS), ("attempt", att, _ATT_BITS), ("candidate", cand, _CAND_BITS)):
+        if v.size and (v.min() < 0 or v.max() >= 2**bits):
+            raise ValueError(f"{name} index out of range [0, 2^{bits}) for the packed seed: {v.min()}..{v.max()}")
+    if not 0 <= int(stream) < 2**16:
+        raise ValueError(f"stream must be in [0, 2^16), got {stream}")
+    return (np.int64(stream) << 47) | (src << 16) | (att << 8) | cand
+
+
+# --------------------------------------------------------------------------------- results
+@dataclass
+class FilterResult:
+    """What the filter releases, and why.
+
+    images: (M, H, W) uint8; source_index: (M,) int64 into the sources' split; rank: (M,) 0 =
+    the chosen sample of its source, 1 = its second best. audit: one row per drawn candidate
+    (``AUDIT_COLUMNS``) plus one ``skipped_source`` row per source that never passed.
+    """
+
+    images: np.ndarray
+    source_index: np.ndarray
+    rank: np.ndarray
+    audit: pd.DataFrame
+
+    def select(self, max_rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images, source_index, rank) of the samples with rank <= max_rank (0: best only)."""
+        keep = self.rank <= max_rank
+        return self.images[keep], self.source_index[keep], self.rank[keep]
+
+
+def _to_float(images_u8: np.ndarray) -> torch.Tensor:
+    """uint8 (n, H, W) → float32 (n, 1, H, W) in [-1, 1], exactly as ``ImageSet.tensor``."""
+    return torch.from_numpy(images_u8.astype(np.float32)).unsqueeze(1).div_(127.5).sub_(1.0)
+
+
+@dataclass
+class _Source:
+    index: int
+    attempt: int = 0
+    drawn: int = 0  # candidates drawn in the current attempt
+    survivors: list = None  # (bce, candidate j, row id, image)
+    outcome: str | None = None
+
+    def __post_init__(self):
+        self.survivors = []
+
+
+def _judge(jobs, sample_fn, defender_fn, classifier_fn, source_probs):
+    """Draw and score one round: jobs = (sources, seeds, guidances) arrays → (images u8, p, bce)."""
+    sources, seeds, guidances = jobs
+    images = None
+    for g in np.unique(guidances):  # one batched sampler call per guidance value
+        sel = np.flatnonzero(guidances == g)
+        x = sample_fn(sources[sel], seeds[sel], float(g))
+        u8 = images_to_uint8(x)
+        if len(u8) != len(sel):
+            raise ValueError(f"sample_fn returned {len(u8)} images for {len(sel)} seeds")
+        if images is None:
+            images = np.empty((len(sources), *u8.shape[1:]), dtype=np.uint8)
+        images[sel] = u8
+    x = _to_float(images)
+    prob = np.asarray(defender_fn(sources, x), dtype=np.float64).reshape(-1)
+    if prob.shape != (len(sources),):
+        raise ValueError(f"defender_fn returned shape {prob.shape} for {len(sources)} candidates")
+    if not np.isfinite(prob).all() or (prob < 0).any() or (prob > 1).any():
+        raise ValueError("defender_fn must return probabilities in [0, 1] (apply the sigmoid to logits)")
+    bce = label_consistency(source_probs[sources], classifier_fn(x))
+    return images, prob, bce
+
+
+def filter_sources(sources, sample_fn: Callable, defender_fn: Callable, classifier_fn: Callable, source_probs,
+                   params: dict, stream: int, patient_ids=None, names=None):
+    """Run the filter on one chunk of sources in lock step → (images, source_index, rank, audit rows).
+
+    Pure given the injected functions: see the module docstring. ``stream`` selects the seed
+    stream (``seed_stream``). ``patient_ids``/``names``: optional arrays over the whole split,
+    copied into the audit rows.
+    """
+    p = check_filter_params(params)
+    source_probs = np.asarray(source_probs)
+    states = [_Source(int(s)) for s in np.asarray(sources, dtype=np.int64)]
+    rows: list[dict] = []
+    released: list[tuple[int, int, int, np.ndarray]] = []  # (position, rank, source, image)
+    active = list(range(len(states)))
+
+    def base_row(st: _Source) -> dict:
+        return {"source_index": st.index,
+                "patient_id": "" if patient_ids is None else str(patient_ids[st.index]),
+                "source_name": "" if names is None else str(names[st.index])}
+
+    while active:
+        job_pos, job_j = [], []
+        for pos in active:  # every unfinished source draws its next r candidates
+            st = states[pos]
+            for j in range(st.drawn, min(st.drawn + p["round_size"], p["k"])):
+                job_pos.append(pos)
+                job_j.append(j)
+        job_pos, job_j = np.array(job_pos), np.array(job_j, dtype=np.int64)
+        src = np.array([states[q].index for q in job_pos], dtype=np.int64)
+        att = np.array([states[q].attempt for q in job_pos], dtype=np.int64)
+        guid = np.array([guidance_at(int(a), p) for a in att])
+        seeds = candidate_seed(stream, src, att, job_j)
+        images, prob, bce = _judge((src, seeds, guid), sample_fn, defender_fn, classifier_fn, source_probs)
+        for n in range(len(job_pos)):
+            st = states[job_pos[n]]
+            flagged = bool(prob[n] >= p["threshold"])
+            row = base_row(st) | {"attempt": int(att[n]), "candidate": int(job_j[n]), "seed": int(seeds[n]),
+                                  "guidance": float(guid[n]), "defender_prob": float(prob[n]), "flagged": flagged,
+                                  "bce": float(bce[n])}
+            if flagged:  # hard constraint: a flagged candidate is never released
+                row |= {"decision": "flagged", "reason": f"defender P(same patient)={prob[n]:.3f} >= {p['threshold']}"}
+            else:
+                st.survivors.append((float(bce[n]), int(job_j[n]), len(rows), images[n]))
+            rows.append(row)
+            st.drawn += 1
+        still = []
+        for pos in active:
+            st = states[pos]
+            enough = len(st.survivors) >= p["min_survivors"]
+            exhausted = st.drawn >= p["k"]
+            if enough or (exhausted and st.survivors):
+                ranked = sorted(st.survivors, key=lambda t: (t[0], t[1]))  # lowest BCE; ties: first drawn
+                n_surv = len(ranked)
+                for r, (_, _, row_id, image) in enumerate(ranked):
+                    if r == 0:
+                        rows[row_id] |= {"decision": "chosen", "reason": f"lowest BCE of {n_surv} survivor(s)"}
+                        released.append((pos, 0, st.index, image))
+                    elif r == 1 and p["keep_second"]:
+                        rows[row_id] |= {"decision": "second_best", "reason": f"second-lowest BCE of {n_surv} survivors"}
+                        released.append((pos, 1, st.index, image))
+                    else:
+                        rows[row_id] |= {"decision": "not_best", "reason": f"BCE rank {r + 1} of {n_surv} survivors"}
+                st.outcome, st.survivors = "accepted", []
+            elif exhausted:  # all K of this attempt flagged
+                if st.attempt + 1 >= p["max_attempts"]:
+                    st.outcome = "skipped"
+                    rows.append(base_row(st) | {
+                        "attempt": st.attempt, "candidate": -1, "seed": -1, "guidance": guidance_at(st.attempt, p),
+                        "defender_prob": float("nan"), "flagged": False, "bce": float("nan"),
+                        "decision": "skipped_source",
+                        "reason": f"all {p['k']} candidates flagged in each of {st.attempt + 1} attempts "
+                                  f"(guidance down to {guidance_at(st.attempt, p)}); not released"})
+                else:
+                    st.attempt, st.drawn = st.attempt + 1, 0
+                    still.append(pos)
+            else:
+                still.append(pos)
+        active = still
+    outcome = {st.index: st.outcome for st in states}
+    for row in rows:
+        row["source_outcome"] = outcome[row["source_index"]]
+    released.sort(key=lambda t: (t[0], t[1]))
+    if released:
+        images_out = np.stack([t[3] for t in released])
+    else:
+        images_out = np.zeros((0, 0, 0), dtype=np.uint8)
+    position = {st.index: pos for pos, st in enumerate(states)}  # audit order: source, attempt, candidate
+    rows.sort(key=lambda r: (position[r["source_index"]], r["attempt"], r["candidate"] if r["candidate"] >= 0 else 2**31))
+    return (images_out, np.array([t[2] for t in released], dtype=np.int64),
+            np.array([t[1] for t in released], dtype=np.int64), rows)
+
+
+# ------------------------------------------------------------------------- chunks on disk
+_MANIFEST = "filter_manifest.json"
+
+
+def _chunk_name(i: int) -> str:
+    return f"chunk_{i:06d}"
+
+
+def _write_chunk(out_dir: Path, i: int, images, source_index, rank, audit: pd.DataFrame) -> None:
+    """Write chunk ``i`` into a temporary directory and rename it into place (atomic)."""
+    final = out_dir / _chunk_name(i)
+    tmp = out_dir / f".{_chunk_name(i)}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    np.save(tmp / "images.npy", images, allow_pickle=False)
+    np.save(tmp / "source_index.npy", source_index, allow_pickle=False)
+    np.save(tmp / "rank.npy", rank, allow_pickle=False)
+    audit.to_csv(tmp / "audit.csv", index=False)
+    os.replace(tmp, final)
+
+
+def _read_chunk(out_dir: Path, i: int):
+    d = out_dir / _chunk_name(i)
+    audit = read_audit_csv(d / "audit.csv")
+    return (np.load(d / "images.npy", allow_pickle=False), np.load(d / "source_index.npy", allow_pickle=False),
+            np.load(d / "rank.npy", allow_pickle=False), audit)
+
+
+def _audit_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(AUDIT_COLUMNS))
+    return frame.astype({"source_index": np.int64, "attempt": np.int64, "candidate": np.int64, "seed": np.int64,
+                         "guidance": float, "defender_prob": float, "flagged": bool, "bce": float})
+
+
+def run_filter(sources, sample_fn: Callable, defender_fn: Callable, classifier_fn: Callable, source_probs,
+               params: dict | None = None, stream: int = 0, out_dir: str | os.PathLike | None = None,
+               patient_ids=None, names=None, on_chunk: Callable | None = None, progress: bool = True) -> FilterResult:
+    """Filter every source in ``sources`` (indices into ``source_probs``'s split), chunk by chunk.
+
+    Args:
+        sources: (N,) int indices of the source images (each at most once).
+        sample_fn, defender_fn, classifier_fn, source_probs: see the module docstring.
+        params: ``FILTER_DEFAULTS`` overrides (``check_filter_params``).
+        stream: the seed stream (``seed_stream(profile_seed, ...)``), 0..65535.
+        out_dir: where finished chunks are written atomically; a rerun with the same arguments
+            resumes from them (a manifest refuses a rerun with different ones). None: in memory.
+        patient_ids, names: optional arrays over the split, copied into the audit table.
+        on_chunk: ``on_chunk(i, n_chunks)`` called after chunk i is committed (tests inject a
+            crash here).
+        progress: a tqdm bar over sources.
+    Returns a ``FilterResult`` in the order of ``sources`` (a source's rank 0 before its rank 1).
+    """
+    p = check_filter_params(params)
+    sources = np.asarray(sources, dtype=np.int64)
+    if sources.ndim != 1:
+        raise ValueError(f"sources must be a 1-d index array, got shape {sources.shape}")
+    if len(np.unique(sources)) != len(sources):
+        raise ValueError("sources contains duplicate indices: a source would be released twice")
+    source_probs = np.asarray(source_probs)
+    if source_probs.ndim != 2 or (len(sources) and sources.max() >= len(source_probs)) or (len(sources) and sources.min() < 0):
+        raise ValueError(f"source_probs {source_probs.shape} must be (N_train, 8) covering every source index")
+    bounds = list(range(0, len(sources), p["chunk_size"])) + [len(sources)]
+    n_chunks = len(bounds) - 1
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = {"params": to_jsonable(p), "stream": int(stream),
+                    "sources_sha256": hashlib.sha256(sources.tobytes()).hexdigest()}
+        path = out_dir / _MANIFEST
+        if path.exists():
+            if json.loads(path.read_text()) != json.loads(json.dumps(manifest)):
+                raise ValueError(f"{path}: chunks in {out_dir} were made with other filter arguments; "
+                                 f"remove the directory to start over")
+        else:
+            atomic_write_json(path, manifest)
+    parts = []
+    bar = tqdm(total=len(sources), desc="filter (sources)", disable=not progress, leave=False)
+    for i in range(n_chunks):
+        chunk = sources[bounds[i]:bounds[i + 1]]
+        if out_dir is not None and (out_dir / _chunk_name(i)).exists():
+            part = _read_chunk(out_dir, i)
+        else:
+            images, src, rank, rows = filter_sources(chunk, sample_fn, defender_fn, classifier_fn, source_probs, p,
+                                                     stream, patient_ids, names)
+            part = (images, src, rank, _audit_frame(rows))
+            if out_dir is not None:
+                _write_chunk(out_dir, i, *part)
+        parts.append(part)
+        bar.update(len(chunk))
+        if on_chunk is not None:
+            on_chunk(i, n_chunks)
+    bar.close()
+    images = [pt[0] for pt in parts if len(pt[0])]
+    image_shape = images[0].shape[1:] if images else (0, 0)
+    audit = pd.concat([pt[3] for pt in parts], ignore_index=True) if parts else _audit_frame([])
+    return FilterResult(np.concatenate(images) if images else np.zeros((0, *image_shape), np.uint8),
+                        np.concatenate([pt[1] for pt in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
+                        np.concatenate([pt[2] for pt in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
+                        _audit_frame(audit.to_dict("records")) if len(audit) else audit)
+
+
+# ------------------------------------------------------------------------------- summaries
+def per_source(audit: pd.DataFrame) -> pd.DataFrame:
+    """One row per source: attempts used, final guidance, candidates drawn / flagged, outcome."""
+    cand = audit[audit["candidate"] >= 0]
+    g = cand.groupby("source_index")
+    out = pd.DataFrame({
+        "attempts": g["attempt"].max() + 1,
+        "final_guidance": g["guidance"].min(),
+        "n_drawn": g.size(),
+        "n_flagged": g["flagged"].sum().astype(int),
+        "outcome": g["source_outcome"].first(),
+    })
+    chosen = cand[cand["decision"] == "chosen"].set_index("source_index")["bce"]
+    out["chosen_bce"] = chosen.reindex(out.index)
+    return out
+
+
+def filter_summary(audit: pd.DataFrame) -> dict:
+    """Headline numbers of a filter run (all plain floats/ints, JSON-ready)."""
+    cand = audit[audit["candidate"] >= 0]
+    src = per_source(audit)
+    first = cand[cand["attempt"] == 0]
+    accepted = src["outcome"] == "accepted"
+    return {
+        "n_sources": int(len(src)),
+        "n_accepted": int(accepted.sum()),
+        "n_skipped": int((~accepted).sum()),
+        "n_candidates": int(len(cand)),
+        "n_released_best": int((cand["decision"] == "chosen").sum()),
+        "n_released_second": int((cand["decision"] == "second_best").sum()),
+        "first_attempt_flag_rate": float(first["flagged"].mean()) if len(first) else float("nan"),
+        "flag_rate": float(cand["flagged"].mean()) if len(cand) else float("nan"),
+        "sources_all_flagged_first_attempt": int((src["attempts"] > 1).sum() + (~accepted & (src["attempts"] == 1)).sum()),
+        "max_attempts_used": int(src["attempts"].max()) if len(src) else 0,
+        "mean_attempts": float(src["attempts"].mean()) if len(src) else float("nan"),
+        "min_guidance": float(src["final_guidance"].min()) if len(src) else float("nan"),
+        "candidates_per_accepted": float(len(cand) / max(int(accepted.sum()), 1)),
+        "mean_chosen_bce": float(src.loc[accepted, "chosen_bce"].mean()) if accepted.any() else float("nan"),
+    }
+
+
+# ----------------------------------------------------------------- adapters for real models
+def diffusion_sample_fn(net, embeddings, steps: int, solver: str, guide_net=None, batch_size: int = 256,
+                        **sampler_kwargs) -> Callable:
+    """``sample_fn`` drawing pseudo-conditioned candidates: row i conditioned on ``embeddings[source_i]``."""
+    from ..diffusion.sampler import sample
+
+    emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+
+    def fn(sources, seeds, guidance):
+        return sample(net, cond={"embedding": emb[torch.as_tensor(sources)]}, seeds=seeds, steps=steps,
+                      guidance=guidance, guide_net=guide_net, solver=solver, batch_size=batch_size, **sampler_kwargs)
+
+    return fn
+
+
+def verifier_defender_fn(verifier, source_images: torch.Tensor, batch_size: int = 256) -> Callable:
+    """``defender_fn`` from a ``Verifier``: sources embedded once, each candidate scored against its source."""
+    src_emb = verifier.embed(source_images, batch_size=batch_size)
+
+    def fn(sources, images):
+        emb = verifier.embed(images, batch_size=batch_size)
+        logits = verifier.score_pairs(src_emb[torch.as_tensor(sources)], emb)
+        return verifier.probability(logits).numpy()
+
+    return fn
+
+
+def classifier_fn_from(classifier, batch_size: int = 256) -> Callable:
+    """``classifier_fn`` from the reference ``Classifier`` (sigmoid outputs)."""
+    return lambda images: classifier.predict_proba(images, batch_size=batch_size)

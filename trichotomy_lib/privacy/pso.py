@@ -1,0 +1,332 @@
+"""Predicate singling out (PSO) attack on an image release, with its control (DESIGN step 7b).
+
+The game (Cohen & Nissim, PNAS 2020). A dataset x of n i.i.d. rows is released through a
+mechanism M; the attacker sees M(x) and outputs a predicate p. It *isolates* x if p holds for
+exactly one row. The weight of p is w = Pr[p(fresh row)], and by chance alone a predicate of
+weight w isolates with probability
+
+    B(n, w) = n · w · (1 − w)^(n−1)                     (≤ 1/e, maximal at w = 1/n)      (1)
+
+M is PSO-secure if no attacker isolates with small-weight predicates meaningfully more often
+than this baseline.
+
+Rows here are **patients**: a patient is what is drawn i.i.d. (PhantomCXR draws patients
+independently; scans of one patient are dependent), so a row is the set of a patient's
+images, and a predicate holds for a patient when it holds for any of their images. n is the
+number of patients, and success = the predicate holds for images of exactly one patient.
+
+Predicates the attacker builds from a released image s (all through the AUDITOR verifier):
+
+* ``"verifier"``: "the auditor says record x is the same patient as s",
+  ``logit(s, x) ≥ t``, with t at least the auditor's own decision threshold (probability 0.5)
+  and raised, if needed, until the predicate's weight is at most the target weight;
+* ``"ball"``: "x's auditor embedding lies within radius r of s's", ``‖e(x) − e(s)‖₂ ≤ r``.
+
+The threshold of each kind is ONE number per release, calibrated on held-out patients (the
+attacker knows the distribution, so may sample from it) so that the mean weight of the
+release's predicates is ``target = weight_factor / n``. Why far below 1/n: with a weight of
+1/n a predicate that contains the source patient still catches Poisson(1) others, so even a
+copy of the training set isolates only ~1/e of the time — as often as chance (1). Isolation
+is informative when chance matches are rare (w ≪ 1/n) but the release still points at one
+training patient. The held-out patients are split in two halves: thresholds are calibrated
+on one, the weights reported are estimated on the other (an unbiased estimate, independent
+of both the training and the control population), and B(n, w) from (1) is reported beside
+the control rate as the theory's prediction of it.
+
+Risk (Anonymeter, Giomi et al. PETS 2023): the same predicates are evaluated on the training
+population (attack rate a) and on an equally large control population never trained on
+(control rate c); ``risk = (a − c) / (1 − c)`` with a 95 % CI (``stats.singling_out_risk``).
+The headline (``primary``) kind is ``"ball"``: the verifier head was trained to answer
+same/different at 0.5, not to rank, and its logit saturates (near-copies and genuinely
+similar patients get the same top score), so at a weight far below 1/n it has little room;
+distance in the same auditor embedding keeps ranking. Both kinds are always reported.
+
+``evaluate_release`` runs the re-identification audit (``audit.py``) and this attack on one
+release.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import section
+from ..data.imageset import ImageSet
+from ..evaluation.stats import cohen_nissim_isolation_probability, singling_out_risk, wilson_interval
+from .audit import EmbeddingCache, nn_summary, pixel_nn_distances, reid_audit
+from .reid_train import derive_seed
+
+__all__ = ["PRIVACY_DEFAULTS", "PREDICATES", "privacy_config", "Population", "patient_scores",
+           "calibrate_threshold", "count_matches", "evaluate_pso", "evaluate_release"]
+
+PREDICATES = ("verifier", "ball")
+
+# The profile section ``privacy`` (plain dict, EDM2 style; unknown keys are rejected).
+PRIVACY_DEFAULTS: dict = {
+    "n_attacks": 200,            # released images used as predicates (random subsample; >= 1; null: all)
+    "predicates": ["verifier", "ball"],  # predicate kinds attacked (subset of PREDICATES)
+    "primary": "ball",           # the kind whose risk is the headline column / the asserts (see below)
+    "weight_factor": 0.1,        # target predicate weight = weight_factor / n  (in (0, 1])
+    "verifier_threshold": 0.5,   # floor of the verifier predicate's "same patient" probability
+    "audit_k": 16,               # training images retrieved per released image (vs-all audit)
+    "audit_threshold": 0.5,      # the auditor's "same patient" probability (paper: 0.5)
+    "positive_sigma": 0.05,      # positive control: Gaussian noise σ on training images ([-1, 1] units)
+    "n_control_patients": None,  # control population size (null: number of training patients)
+    "n_weight_patients": None,   # held-out calibration/weight population (null: training patients)
+    "nn_quantile": 0.05,         # "closer than this quantile of held-out real NN distances"
+    "nn_max_size": 64,           # pixel NN distances on images area-downsampled to at most this size
+    "level": 0.95,               # confidence level of every interval
+    "batch_size": 256,           # images per auditor forward pass
+}
+
+
+def privacy_config(cfg: dict) -> dict:
+    """The profile's ``privacy`` section over ``PRIVACY_DEFAULTS``, checked (errors name the field)."""
+    p = section(cfg, "privacy", PRIVACY_DEFAULTS)
+    if p["n_attacks"] is not None and not (isinstance(p["n_attacks"], int) and p["n_attacks"] >= 1):
+        raise ValueError(f"privacy.n_attacks must be an integer >= 1 or null, got {p['n_attacks']!r}")
+    kinds = list(p["predicates"])
+    if not kinds or any(k not in PREDICATES for k in kinds):
+        raise ValueError(f"privacy.predicates must be a non-empty subset of {PREDICATES}, got {kinds!r}")
+    if p["primary"] not in kinds:
+        raise ValueError(f"privacy.primary must be one of privacy.predicates {kinds}, got {p['primary']!r}")
+    if not 0 < p["weight_factor"] <= 1:
+        raise ValueError(f"privacy.weight_factor must be in (0, 1], got {p['weight_factor']}")
+    for key in ("verifier_threshold", "audit_threshold", "level", "nn_quantile"):
+        if not 0 < p[key] < 1:
+            raise ValueError(f"privacy.{key} must be in (0, 1), got {p[key]}")
+    if not (isinstance(p["audit_k"], int) and p["audit_k"] >= 1):
+        raise ValueError(f"privacy.audit_k must be an integer >= 1, got {p['audit_k']!r}")
+    if not (isinstance(p["nn_max_size"], int) and p["nn_max_size"] >= 4):
+        raise ValueError(f"privacy.nn_max_size must be an integer >= 4, got {p['nn_max_size']!r}")
+    for key in ("n_control_patients", "n_weight_patients"):
+        if p[key] is not None and not (isinstance(p[key], int) and p[key] >= 2):
+            raise ValueError(f"privacy.{key} must be an integer >= 2 or null, got {p[key]!r}")
+    p["predicates"] = kinds
+    return p
+
+
+# ----------------------------------------------------------------------------- populations
+class Population:
+    """Auditor embeddings of a set of images grouped by patient (the rows of the game)."""
+
+    def __init__(self, emb: torch.Tensor, patient_ids):
+        pids = np.asarray(patient_ids).astype(str)
+        if len(pids) != len(emb):
+            raise ValueError(f"{len(emb)} embeddings but {len(pids)} patient ids")
+        self.emb = emb.float()
+        self.patients, codes = np.unique(pids, return_inverse=True)
+        self.codes = torch.from_numpy(codes.astype(np.int64))
+
+    @property
+    def n(self) -> int:
+        return len(self.patients)
+
+    def restrict(self, patients) -> "Population":
+        """Only the images of ``patients``."""
+        keep = np.isin(self.patients[self.codes.numpy()], np.asarray(patients))
+        return Population(self.emb[torch.from_numpy(keep)], self.patients[self.codes.numpy()][keep])
+
+    def sample(self, n: int, rng: np.random.Generator, must_keep=()) -> "Population":
+        """``n`` of its patients at random (the ones in ``must_keep`` first, if any)."""
+        must = rng.permutation(np.intersect1d(np.asarray(must_keep, dtype=str), self.patients))
+        rest = rng.permutation(np.setdiff1d(self.patients, must))
+        chosen = np.concatenate([must[:n], rest[: max(0, n - len(must))]])
+        return self.restrict(chosen)
+
+
+def _raw_scores(kind: str, q: torch.Tensor, k: torch.Tensor, auditor) -> torch.Tensor:
+    """(len(q), len(k)) "how strongly does image k satisfy predicate q" — larger = more."""
+    if kind == "verifier":
+        return auditor.score_matrix(q, k)        # the auditor's logit of "same patient"
+    if kind == "ball":
+        return -torch.cdist(q.float(), k.float())  # minus the embedding distance
+    raise ValueError(f"unknown predicate kind {kind!r}; known: {PREDICATES}")
+
+
+def patient_scores(kind: str, pred_emb: torch.Tensor, pop: Population, auditor=None,
+                   chunk: int = 256) -> torch.Tensor:
+    """(P, n_patients): for each predicate, the best score over each patient's images.
+
+    A patient satisfies predicate p (threshold t) iff this score is >= t, i.e. iff one of
+    their images does. Computed in blocks of ``chunk`` predicates (memory O(chunk · N)).
+    """
+    out = torch.empty(len(pred_emb), pop.n)
+    for i in range(0, len(pred_emb), chunk):
+        s = _raw_scores(kind, pred_emb[i:i + chunk], pop.emb, auditor)
+        block = torch.full((len(s), pop.n), -torch.inf)
+        out[i:i + chunk] = block.scatter_reduce_(1, pop.codes.expand(len(s), -1), s, reduce="amax")
+    return out
+
+
+def calibrate_threshold(scores: torch.Tensor, target_weight: float, floor: float | None = None) -> tuple[float, dict]:
+    """One threshold t for all predicates so that their mean weight on ``scores`` is ~target.
+
+    ``scores`` (P, m): patient scores of P predicates on m held-out patients. The fraction
+    of (predicate, patient) pairs with score >= t is the mean weight; t is put midway between
+    the ``j``-th and ``(j+1)``-th largest score with j = floor(target · P · m) (so at most j
+    pairs pass; j = 0: just above the largest). ``floor``: t is never below it (the verifier's
+    own decision threshold). Returns ``(t, info)``.
+    """
+    if not 0 < target_weight <= 1:
+        raise ValueError(f"target weight must be in (0, 1], got {target_weight}")
+    flat = scores.flatten().double()
+    flat = flat[torch.isfinite(flat)]
+    if flat.numel() == 0:
+        raise ValueError("no finite calibration scores")
+    j = int(np.floor(target_weight * flat.numel()))
+    top = torch.topk(flat, min(j + 1, flat.numel())).values
+    if j == 0:
+        t = float(np.nextafter(np.float32(top[0]), np.float32(np.inf)))   # scores are float32
+    elif j >= flat.numel():
+        t = float(flat.min())
+    else:
+        t = float((top[j - 1] + top[j]) / 2)
+    floored = floor is not None and t < floor
+    if floored:
+        t = float(floor)
+    return t, {"calibration_pairs": int(flat.numel()), "calibration_j": j, "floored": bool(floored)}
+
+
+def count_matches(scores: torch.Tensor, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per predicate: number of patients satisfying it, and the (first) one that does (-1: none)."""
+    hit = scores >= t
+    count = hit.sum(1).numpy()
+    who = torch.where(hit.any(1), hit.float().argmax(1), torch.tensor(-1)).numpy()
+    return count, who
+
+
+def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population, control: Population,
+                 heldout: Population, auditor, kinds=PREDICATES, weight_factor: float = 0.1,
+                 verifier_threshold: float = 0.5, seed: int = 0, level: float = 0.95) -> dict:
+    """The attack game for one release's predicates → ``{kind: result dict}``.
+
+    Args:
+        pred_emb: (P, D) auditor embeddings of the released images used as predicates.
+        pred_source_patients: (P,) the training patient each comes from, or None (unknown or
+            no source). Used only to (i) keep predicates whose source is in the training
+            subsample when the populations are equalised and (ii) report how often the
+            isolated patient is the source's (``correct_*``) — the attacker never sees it.
+        train, control: the training and control populations. When their sizes differ (file-
+            list data) the larger is subsampled to the smaller (seeded): isolation depends
+            on n, so the two rates are only comparable at equal n.
+        heldout: patients in neither, split in halves: threshold calibration / weight estimate.
+        kinds: predicate kinds (``PREDICATES``). weight_factor: target weight · n (0, 1].
+        verifier_threshold: floor of the verifier predicate's probability (default 0.5).
+        seed: seeds the subsampling and the held-out halves. level: CI level.
+
+    Each result: threshold, target_weight, weight (estimate with Wilson interval, pooled over
+    predicate × patient pairs of the weight half), cn_baseline = B(n, weight) from (1),
+    attack/control successes and rates, risk with CI and warning (``singling_out_risk``),
+    mean number of matched patients in train and control, correct isolation rate.
+    """
+    rng = np.random.default_rng(derive_seed(seed, "privacy", "pso"))
+    src = None if pred_source_patients is None else np.asarray(pred_source_patients).astype(str)
+    keep = np.ones(len(pred_emb), dtype=bool)
+    n = min(train.n, control.n)
+    if train.n > n:
+        train = train.sample(n, rng, must_keep=() if src is None else np.unique(src))
+        if src is not None:
+            keep = np.isin(src, train.patients)
+    if control.n > n:
+        control = control.sample(n, rng)
+    if not keep.any():
+        raise ValueError("no predicate's source patient is in the (subsampled) training population")
+    pred_emb = pred_emb[torch.from_numpy(keep)]
+    src = None if src is None else src[keep]
+    if heldout.n < 2:
+        raise ValueError(f"the held-out weight population has {heldout.n} patient(s); need >= 2")
+    perm = rng.permutation(heldout.patients)
+    cal, wgt = heldout.restrict(perm[: heldout.n // 2]), heldout.restrict(perm[heldout.n // 2:])
+    target = weight_factor / n
+    out = {}
+    for kind in kinds:
+        floor = float(torch.logit(torch.tensor(verifier_threshold, dtype=torch.float64))) if kind == "verifier" else None
+        t, info = calibrate_threshold(patient_scores(kind, pred_emb, cal, auditor), target, floor)
+        w_hits = int((patient_scores(kind, pred_emb, wgt, auditor) >= t).sum())
+        w_trials = len(pred_emb) * wgt.n
+        cnt_t, who_t = count_matches(patient_scores(kind, pred_emb, train, auditor), t)
+        cnt_c, _ = count_matches(patient_scores(kind, pred_emb, control, auditor), t)
+        att, ctl = cnt_t == 1, cnt_c == 1
+        risk = singling_out_risk(int(att.sum()), len(att), int(ctl.sum()), len(ctl), level)
+        w_hat, w_lo, w_hi = wilson_interval(w_hits, w_trials, level)
+        res = {
+            "n_population": n, "n_predicates": len(pred_emb), "threshold": t,
+            "radius": -t if kind == "ball" else np.nan, "target_weight": target, **info,
+            "weight": w_hat, "weight_lo": w_lo, "weight_hi": w_hi,
+            "cn_baseline": float(cohen_nissim_isolation_probability(n, w_hat)),
+            "attack_successes": int(att.sum()), "control_successes": int(ctl.sum()),
+            "attack_rate": risk["attack_rate"], "attack_lo": risk["attack_ci"][0], "attack_hi": risk["attack_ci"][1],
+            "control_rate": risk["control_rate"], "control_lo": risk["control_ci"][0], "control_hi": risk["control_ci"][1],
+            "risk": risk["risk"], "risk_lo": risk["risk_lo"], "risk_hi": risk["risk_hi"], "warning": risk["warning"],
+            "matches_train_mean": float(cnt_t.mean()), "matches_control_mean": float(cnt_c.mean()),
+        }
+        if src is not None:
+            correct = att & (train.patients[np.maximum(who_t, 0)] == src)
+            res["correct_rate"] = float(correct.mean())
+        else:
+            res["correct_rate"] = np.nan
+        out[kind] = res
+    return out
+
+
+# ----------------------------------------------------------------------------- one release
+def evaluate_release(release: ImageSet, source_index, train: ImageSet, control: ImageSet, auditor, cfg: dict,
+                     heldout: ImageSet | None = None, reference: ImageSet | None = None,
+                     embed=None, name: str = "release") -> dict:
+    """Audit + singling-out attack of one release → a flat dict (one table row).
+
+    Args:
+        release: released images. source_index: (N,) index of each one's source in
+            ``train`` (None for releases without sources, e.g. the negative control).
+        train: the training split. control: the control population (patients never trained
+            on, as many as ``train`` has).
+        auditor: the AUDITOR verifier (never the defender the filter used).
+        cfg: the config (``seed`` and the ``privacy`` section, see ``PRIVACY_DEFAULTS``).
+        heldout: held-out patients for calibrating thresholds and estimating weights (default:
+            the control population itself — then the control rate is measured on the sample
+            the thresholds were fitted to; pass a separate population to avoid that).
+        reference: held-out real images for the nearest-neighbour reference (e.g. the test
+            split); None: no reference (``nn_ratio``/``nn_close_*`` NaN).
+        embed: ``ImageSet -> embeddings`` (default an ``EmbeddingCache`` of the auditor).
+        name: the release's name (seeds its predicate subsample).
+
+    Returns ``{"release": name, "n_released", audit fields (see ``audit.reid_audit``),
+    nn_* fields, "<kind>_<field>" for every predicate kind (see ``evaluate_pso``), and the
+    primary kind's fields again as "pso_<field>"}`` plus ``"nn_distances"`` and
+    ``"nn_reference"`` (arrays, for the figure; not table columns).
+    """
+    p = privacy_config(cfg)
+    seed = int(cfg["seed"])
+    embed = embed or EmbeddingCache(auditor, p["batch_size"])
+    if len(release) == 0:
+        raise ValueError(f"release {name!r} is empty")
+    row = {"release": name, "weight_source": "heldout" if heldout is not None else "control"}
+    row.update(reid_audit(release, source_index, train, auditor, k=p["audit_k"], threshold=p["audit_threshold"],
+                          level=p["level"], embed=embed))
+    dist = pixel_nn_distances(release, train, p["nn_max_size"])
+    ref = pixel_nn_distances(reference, train, p["nn_max_size"]) if reference is not None else None
+    row.update(nn_summary(dist, ref, p["nn_quantile"], p["level"]))
+    # predicates: a seeded subsample of the released images
+    n_att = len(release) if p["n_attacks"] is None else min(p["n_attacks"], len(release))
+    pick = np.sort(np.random.default_rng(derive_seed(seed, "privacy", "attacks", name))
+                   .choice(len(release), n_att, replace=False))
+    pred_emb = embed(release)[torch.from_numpy(pick)]
+    src_pids = None
+    if source_index is not None:
+        src_pids = np.asarray(train.patient_ids).astype(str)[np.asarray(source_index)[pick]]
+    pops = {k: Population(embed(s), s.patient_ids) for k, s in
+            (("train", train), ("control", control), ("heldout", heldout if heldout is not None else control))}
+    overlap = np.intersect1d(pops["train"].patients, pops["control"].patients)
+    if len(overlap):
+        raise ValueError(f"control population shares {len(overlap)} patient id(s) with the training split "
+                         f"(e.g. {overlap[0]!r}); it must be patients never trained on")
+    res = evaluate_pso(pred_emb, src_pids, pops["train"], pops["control"], pops["heldout"], auditor,
+                       kinds=p["predicates"], weight_factor=p["weight_factor"],
+                       verifier_threshold=p["verifier_threshold"], seed=seed, level=p["level"])
+    for kind, fields in res.items():
+        row.update({f"{kind}_{k}": v for k, v in fields.items()})
+    row.update({f"pso_{k}": v for k, v in res[p["primary"]].items()})
+    row["pso_kind"] = p["primary"]
+    row["nn_distances"], row["nn_reference"] = dist, ref
+    return row

@@ -1,0 +1,309 @@
+"""Training the siamese verifier: same/different-patient pairs, augmentation, Adam + BCE.
+
+Pairs (Packhäuser et al. 2022; paper code): within one split, every same-patient pair
+(capped per patient) plus as many random different-patient pairs — a balanced set. The
+loss is BCE on the verifier's logit w·|e1 − e2| + b; the epoch with the best validation
+pair AUROC is kept. Deterministic given the seed: initialisation, the per-epoch shuffles and
+augmentations come from generators seeded with ``derive_seed(seed, ...)``, so a run resumed
+from its checkpoint continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from ..data.imageset import ImageSet
+from ..device import default_device, seeded_generator
+from ..io import atomic_path, atomic_write_json
+from .reid_model import MODEL_DEFAULTS, Verifier
+
+# The profile section ``reid`` (plain dict; ``config.section`` rejects unknown keys).
+REID_DEFAULTS: dict = {
+    # architecture (see reid_model.MODEL_DEFAULTS; image_size/in_channels come from the data)
+    "backbone": "cnn",          # "cnn" | "resnet50"
+    "backbone_weights": None,   # resnet50: local .safetensors initialisation (None: random init)
+    "width": 16,                # cnn channels of the first stage (8–64)
+    "stages": 3,                # cnn stages (each halves the resolution)
+    "pool": "flatten",          # cnn pooling: "flatten" (keeps layout) | "avg" (global average)
+    "embed_dim": 128,           # sigmoid embedding size (paper: 128)
+    # training
+    "epochs": 15,               # upper bound on epochs (1–1000)
+    "patience": 5,              # stop after this many epochs without a better val AUROC (None: never)
+    "batch_size": 64,           # pairs per step (2×images through the encoder)
+    "lr": 1e-3,                 # Adam learning rate
+    "weight_decay": 0.0,        # Adam L2 penalty
+    "max_pos_per_patient": 45,  # cap on same-patient pairs per patient (None: all n(n−1)/2)
+    "max_pairs_per_epoch": None,  # subsample this many pairs per epoch (None: all)
+    "fresh_negatives": True,    # draw new random different-patient pairs every epoch (same count)
+    "augment_shift": 0.06,      # random translation, fraction of the image size (0: off)
+    "augment_scale": 0.05,      # random zoom ±fraction (0: off)
+    "augment_rotate": 5.0,      # random rotation ±degrees (0: off)
+    "augment_intensity": 0.1,   # random contrast and brightness ±fraction (0: off)
+    "augment_noise": 0.02,      # Gaussian pixel noise σ (images in [-1, 1]; 0: off)
+    "eval_batch_size": 256,     # images per forward pass when embedding
+    # evaluation (read by the notebook's evaluation, not by training)
+    "n_boot": 1000,             # bootstrap resamples for the metric CIs
+}
+
+# Config keys that change what training produces (the stages hash exactly these).
+TRAIN_KEYS: tuple[str, ...] = tuple(k for k in REID_DEFAULTS if k != "n_boot")
+
+
+def derive_seed(seed: int, *tags) -> int:
+    """A 32-bit seed derived from the profile seed and tags, e.g. ``derive_seed(42, "reid", "auditor")``."""
+    blob = json.dumps([int(seed), *map(str, tags)]).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little")
+
+
+# ------------------------------------------------------------------------------- pairs
+@dataclass(frozen=True)
+class Pairs:
+    """Image index pairs (a[i], b[i]) into one ImageSet, ``label`` 1 = same patient."""
+
+    a: np.ndarray
+    b: np.ndarray
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.label.sum())
+
+
+def _groups(patient_ids: np.ndarray) -> dict[str, np.ndarray]:
+    patient_ids = np.asarray(patient_ids).astype(str)
+    order = np.argsort(patient_ids, kind="stable")
+    uniq, starts = np.unique(patient_ids[order], return_index=True)
+    return {p: np.sort(idx) for p, idx in zip(uniq, np.split(order, starts[1:]))}
+
+
+def sample_pairs(patient_ids, seed: int, max_pos_per_patient: int | None = None, split: str = "split") -> Pairs:
+    """All same-patient pairs (at most ``max_pos_per_patient`` per patient, drawn at random)
+    plus the same number of distinct random different-patient pairs, all within the given
+    split. Positives first, then negatives. Raises naming ``split`` if there is no patient
+    with two images or fewer than two patients."""
+    patient_ids = np.asarray(patient_ids).astype(str)
+    if patient_ids.ndim != 1 or len(patient_ids) == 0:
+        raise ValueError(f"split {split!r} is empty: no images to build pairs from")
+    rng = np.random.default_rng(seed)
+    groups = _groups(patient_ids)
+    pos = []
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        ii, jj = np.triu_indices(len(idx), k=1)
+        pp = np.stack([idx[ii], idx[jj]], 1)
+        if max_pos_per_patient is not None and len(pp) > max_pos_per_patient:
+            pp = pp[np.sort(rng.choice(len(pp), int(max_pos_per_patient), replace=False))]
+        pos.append(pp)
+    if not pos:
+        raise ValueError(f"split {split!r}: no patient has two or more images ({len(groups)} patients, "
+                         f"{len(patient_ids)} images), so there are no same-patient pairs")
+    if len(groups) < 2:
+        raise ValueError(f"split {split!r}: only one patient, so there are no different-patient pairs")
+    pos = np.concatenate(pos)
+    neg = sample_negatives(patient_ids, len(pos), rng)
+    ab = np.concatenate([pos, neg]).astype(np.int64)
+    label = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
+    return Pairs(ab[:, 0], ab[:, 1], label)
+
+
+def sample_negatives(patient_ids, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` distinct random pairs (i < j) of images of different patients → (n', 2), n' = n
+    unless the split has fewer such pairs. Images are drawn uniformly."""
+    patient_ids = np.asarray(patient_ids).astype(str)
+    total = len(patient_ids)
+    _, counts = np.unique(patient_ids, return_counts=True)
+    n = min(int(n), (total * total - int((counts.astype(np.int64) ** 2).sum())) // 2)
+    seen, neg = set(), []
+    while len(neg) < n:
+        i, j = rng.integers(0, total, size=(2, 2 * (n - len(neg)) + 16))
+        for x, y in zip(i.tolist(), j.tolist()):
+            key = (min(x, y), max(x, y))
+            if patient_ids[x] != patient_ids[y] and key not in seen:
+                seen.add(key)
+                neg.append(key)
+                if len(neg) == n:
+                    break
+    return np.asarray(neg, dtype=np.int64).reshape(-1, 2)
+
+
+def split_patients(patient_ids, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean image masks of two disjoint, seeded halves of the patients (first gets the odd one)."""
+    patient_ids = np.asarray(patient_ids).astype(str)
+    uniq = np.unique(patient_ids)
+    if len(uniq) < 2:
+        raise ValueError(f"cannot split {len(uniq)} patient(s) into two disjoint halves")
+    perm = np.random.default_rng(seed).permutation(uniq)
+    first = set(perm[: math.ceil(len(uniq) / 2)].tolist())
+    mask = np.array([p in first for p in patient_ids])
+    return mask, ~mask
+
+
+# ------------------------------------------------------------------------ augmentation
+def augment(x: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
+    """Random pose (shift/zoom/rotation, one affine warp) and exposure (contrast, brightness,
+    noise) per image, so identity must be recognised across scans, not pixels."""
+    n = len(x)
+    u = lambda: torch.rand(n, generator=generator) * 2 - 1  # noqa: E731  U(-1, 1)
+    shift, scale, rot = params["augment_shift"], params["augment_scale"], params["augment_rotate"]
+    if shift or scale or rot:
+        angle, zoom = u() * math.radians(rot), 1 + u() * scale
+        tx, ty = u() * 2 * shift, u() * 2 * shift  # normalised coordinates span 2
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if params["augment_intensity"]:
+        a = params["augment_intensity"]
+        x = x * (1 + a * u()).to(x)[:, None, None, None] + (a * u()).to(x)[:, None, None, None]
+    if params["augment_noise"]:
+        x = x + params["augment_noise"] * torch.randn(x.shape, generator=generator).to(x)
+    return x
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _save_checkpoint(path: Path, model: Verifier, opt: torch.optim.Optimizer, best_state: dict, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors |= {f"best.{k}": v.detach().cpu().contiguous() for k, v in best_state.items()}
+    opt_state = opt.state_dict()
+    for i, st in opt_state["state"].items():
+        for name, value in st.items():
+            tensors[f"opt.{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_json(path.with_suffix(".json"), {**meta, "param_groups": opt_state["param_groups"]})
+
+
+def _load_checkpoint(path: Path, model: Verifier, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    meta = json.loads(path.with_suffix(".json").read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return best, meta
+
+
+# ----------------------------------------------------------------------------- training
+def pair_auroc(model: Verifier, images: ImageSet, pairs: Pairs, batch_size: int = 256) -> float:
+    """AUROC of the verifier's logits on ``pairs`` of ``images`` (embedding once per image)."""
+    emb = model.embed(images, batch_size=batch_size)
+    logits = model.score_pairs(emb[torch.from_numpy(pairs.a)], emb[torch.from_numpy(pairs.b)])
+    return float(roc_auc_score(pairs.label, logits.numpy()))
+
+
+def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pairs: Pairs | None = None,
+                   val_pairs: Pairs | None = None, checkpoint_dir: str | Path | None = None, progress: bool = True,
+                   desc: str = "reid") -> tuple[Verifier, dict]:
+    """Train a verifier on pairs of ``train``; keep the epoch with the best AUROC on ``val`` pairs.
+
+    Args:
+        train, val: ImageSets (patient-disjoint). params: the ``reid`` section (``REID_DEFAULTS``
+            merged with the profile). seed: this verifier's seed (init, shuffles, augmentation).
+        pairs: training pairs of ``train`` (default: ``sample_pairs`` with
+            ``derive_seed(seed, "pairs")`` and ``max_pos_per_patient``).
+        val_pairs: pairs of ``val`` (default: ``sample_pairs`` with ``derive_seed(seed, "val_pairs")``).
+        checkpoint_dir: where a per-epoch checkpoint goes; an existing one is resumed.
+
+    Returns ``(model in eval mode with the best epoch's weights, history)``; history holds
+    per-epoch ``loss``, ``val_auroc``, ``best_epoch``, ``best_val_auroc``, ``n_pairs``.
+    """
+    from tqdm.auto import tqdm
+
+    unknown = sorted(set(params) - set(REID_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown reid parameter(s) {unknown}; known: {sorted(REID_DEFAULTS)}")
+    p = {**REID_DEFAULTS, **params}
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"train ({len(train)} images) and val ({len(val)} images) must both be non-empty")
+    if train.images.shape[1:] != val.images.shape[1:]:
+        raise ValueError(f"train images are {train.images.shape[1:]}, val images {val.images.shape[1:]}: sizes differ")
+    if int(p["epochs"]) < 1 or int(p["batch_size"]) < 1 or not p["lr"] > 0:
+        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {p['epochs']}, {p['batch_size']}, {p['lr']}")
+    if pairs is None:
+        pairs = sample_pairs(train.patient_ids, derive_seed(seed, "pairs"), p["max_pos_per_patient"], split="train")
+    if val_pairs is None:
+        val_pairs = sample_pairs(val.patient_ids, derive_seed(seed, "val_pairs"), split="val")
+
+    device = default_device()
+    arch = {k: p[k] for k in MODEL_DEFAULTS if k in p}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init"))
+        model = Verifier(**arch, image_size=train.image_size, in_channels=1,
+                         backbone_weights=p["backbone_weights"]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+
+    history = {"loss": [], "val_auroc": [], "best_epoch": -1, "best_val_auroc": -math.inf,
+               "n_pairs": len(pairs), "n_pos": pairs.n_pos, "n_val_pairs": len(val_pairs)}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ckpt = Path(checkpoint_dir) / "checkpoint" if checkpoint_dir is not None else None
+    start = 0
+    if ckpt is not None and ckpt.with_suffix(".json").exists():
+        best_state, meta = _load_checkpoint(ckpt, model, opt)
+        history, start = meta["history"], meta["epoch"] + 1
+
+    n_epoch = len(pairs) if p["max_pairs_per_epoch"] is None else min(len(pairs), int(p["max_pairs_per_epoch"]))
+    bs = int(p["batch_size"])
+    bar = tqdm(range(start, int(p["epochs"])), desc=desc, unit="epoch", disable=not progress)
+    for epoch in bar:
+        if p["patience"] is not None and epoch - history["best_epoch"] > int(p["patience"]):
+            break
+        g = seeded_generator(derive_seed(seed, "epoch", epoch))
+        if p["fresh_negatives"] and epoch > 0:   # epoch 0 uses the given pairs as they are
+            neg = sample_negatives(train.patient_ids, len(pairs) - pairs.n_pos,
+                                   np.random.default_rng(derive_seed(seed, "negatives", epoch)))
+            pos = pairs.label == 1
+            epoch_pairs = Pairs(np.concatenate([pairs.a[pos], neg[:, 0]]), np.concatenate([pairs.b[pos], neg[:, 1]]),
+                                np.concatenate([pairs.label[pos], np.zeros(len(neg), np.int64)]))
+        else:
+            epoch_pairs = pairs
+        order = torch.randperm(len(epoch_pairs), generator=g)[:n_epoch].numpy()
+        model.train()
+        total = 0.0
+        for s in range(0, n_epoch, bs):
+            idx = order[s:s + bs]
+            x = torch.cat([train.tensor(epoch_pairs.a[idx]), train.tensor(epoch_pairs.b[idx])])
+            x = augment(x, p, g).to(device)
+            e = model.embedding(x)                     # one pass over both sides (shared encoder)
+            logits = model.head_logits(e[: len(idx)], e[len(idx):])
+            y = torch.from_numpy(epoch_pairs.label[idx]).float().to(device)
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        auroc = pair_auroc(model, val, val_pairs, int(p["eval_batch_size"]))
+        history["loss"].append(total / n_epoch)
+        history["val_auroc"].append(auroc)
+        if auroc > history["best_val_auroc"]:
+            history["best_val_auroc"], history["best_epoch"] = auroc, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bar.set_postfix(loss=f"{total / n_epoch:.3f}", val_auroc=f"{auroc:.3f}")
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, opt, best_state, {"epoch": epoch, "history": history})
+    model.load_state_dict(best_state)
+    model.eval()
+    if ckpt is not None:
+        for suffix in (".safetensors", ".json"):
+            ckpt.with_suffix(suffix).unlink(missing_ok=True)
+    return model, history
