@@ -68,8 +68,7 @@ class ImageSet:
 
     def tensor(self, index=None) -> torch.Tensor:
         """Images as float32 (n, 1, H, W) in [-1, 1] — the range every model here uses."""
-        images = self.images if index is None else self.images[np.asarray(index)]
-        return torch.from_numpy(np.asarray(images, dtype=np.float32)).unsqueeze(1).div_(127.5).sub_(1.0)
+        return uint8_to_tensor(self.images if index is None else self.images[np.asarray(index)])
 
     def save(self, directory: str | os.PathLike) -> None:
         """One .npy per field (no pickle; images can be memory-mapped on load)."""
@@ -93,6 +92,11 @@ class ImageSet:
                 raise FileNotFoundError(f"{path}: missing; not an ImageSet directory")
             arrays[field] = np.load(path, allow_pickle=False, mmap_mode="r" if mmap and field == "images" else None)
         return cls(**arrays)
+
+
+def uint8_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(n, H, W) uint8 → float32 (n, 1, H, W) in [-1, 1]; inverse of ``images_to_uint8``."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32)).unsqueeze(1).div_(127.5).sub_(1.0)
 
 
 def images_to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:

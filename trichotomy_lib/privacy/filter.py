@@ -66,7 +66,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..data.imageset import images_to_uint8
+from ..data.imageset import images_to_uint8, uint8_to_tensor
 from ..evaluation.classifier import label_consistency
 from ..io import atomic_write_json, to_jsonable
 from .release import read_audit_csv
@@ -168,11 +168,6 @@ class FilterResult:
         return self.images[keep], self.source_index[keep], self.rank[keep]
 
 
-def _to_float(images_u8: np.ndarray) -> torch.Tensor:
-    """uint8 (n, H, W) → float32 (n, 1, H, W) in [-1, 1], exactly as ``ImageSet.tensor``."""
-    return torch.from_numpy(images_u8.astype(np.float32)).unsqueeze(1).div_(127.5).sub_(1.0)
-
-
 @dataclass
 class _Source:
     index: int
@@ -198,7 +193,7 @@ def _judge(jobs, sample_fn, defender_fn, classifier_fn, source_probs):
         if images is None:
             images = np.empty((len(sources), *u8.shape[1:]), dtype=np.uint8)
         images[sel] = u8
-    x = _to_float(images)
+    x = uint8_to_tensor(images)
     prob = np.asarray(defender_fn(sources, x), dtype=np.float64).reshape(-1)
     if prob.shape != (len(sources),):
         raise ValueError(f"defender_fn returned shape {prob.shape} for {len(sources)} candidates")

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from ..config import ConfigError, section
-from ..data.imageset import ImageSet, images_to_uint8
+from ..data.imageset import ImageSet, images_to_uint8, uint8_to_tensor
 from ..io import atomic_write_json
 from ..pipeline import Pipeline, StageContext, stage
 from ..privacy import filter as flt
@@ -224,7 +224,7 @@ def reuse_first_candidate(sample_fn, raw_images: np.ndarray, raw_sources: np.nda
             out[torch.from_numpy(~hit)] = drawn
         if hit.any():
             cached = raw_images[[first[int(s)] for s in seeds[hit]]]
-            cached = torch.from_numpy(cached.astype(np.float32)).unsqueeze(1).div_(127.5).sub_(1.0)
+            cached = uint8_to_tensor(cached)
             if out is None:
                 out = torch.empty((len(seeds), *cached.shape[1:]))
             out[torch.from_numpy(hit)] = cached
@@ -321,7 +321,7 @@ def candidate_examples(pipe: Pipeline, sources, attempt: int = 0) -> tuple[np.nd
     guidance = flt.guidance_at(attempt, g["filter"])
     seeds = flt.candidate_seed(_diadm_stream(seed), src, attempt, j)
     images = images_to_uint8(sample_fn(src, seeds, guidance))
-    x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1).div_(127.5).sub_(1.0)
+    x = uint8_to_tensor(images)
     prob = np.asarray(defender(src, x))
     from ..evaluation.classifier import label_consistency
 
