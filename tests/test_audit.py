@@ -46,6 +46,27 @@ def test_other_patients_are_not_reidentified(world):
     assert out["src_rate"] == 0.0 and out["all_rate"] == 0.0
 
 
+def test_vs_all_threshold_is_calibrated_on_heldout_patients(world):
+    # A verifier with a pairwise false-positive rate of ~2 %: at the pairwise threshold an
+    # unseen patient is "re-identified" against the ~80 training images almost surely.
+    train = world["train"]
+    calib, unseen = make_population("ca", 150, 21), make_population("un", 150, 22)
+    auditor = OracleVerifier([train, calib, unseen], bias=3.5)
+    neg, _ = negative_control_release(unseen)
+    naive = reid_audit(neg, None, train, auditor)
+    assert naive["all_rate"] > 0.4 and np.isnan(naive["all_false_alarm"])
+    cal = reid_audit(neg, None, train, auditor, heldout=calib, false_alarm=0.05)
+    assert cal["all_rate"] < 0.12 and cal["all_false_alarm"] == 0.05
+    assert cal["all_threshold"] > 0.5 and cal["all_threshold_logit"] > 0
+    # the calibrated call still fires on (noised) copies of training images
+    pos, src = positive_control_release(train, 0.05, seed=0)
+    out = reid_audit(pos, src, train, auditor, heldout=calib, false_alarm=0.05)
+    assert out["all_rate"] == 1.0 and out["all_src_rate"] == 1.0
+    assert out["all_threshold_logit"] == cal["all_threshold_logit"]
+    with pytest.raises(ValueError, match="false_alarm"):
+        reid_audit(neg, None, train, auditor, heldout=calib, false_alarm=0.0)
+
+
 def test_source_index_is_checked(world):
     train, auditor = world["train"], world["auditor"]
     rel, src = positive_control_release(train, 0.05, seed=0)

@@ -261,6 +261,26 @@ def test_defender_and_auditor_pair_sets_are_disjoint():
     assert role_seed(42, "defender") != role_seed(42, "auditor")
 
 
+def test_extra_patients_are_fresh_and_role_specific():
+    from trichotomy_lib.data import generate_phantom
+    from trichotomy_lib.stages.reid import role_train_set
+
+    data_cfg = {"source": "phantom", "image_size": 16, "n_patients": 12}
+    train = generate_phantom(12, image_size=16, seed=42)
+    parts = {role: role_train_set(train, 42, role, data_cfg, extra_patients=5) for role in ("defender", "auditor")}
+    own = {role: set(role_train_set(train, 42, role).patient_ids) for role in parts}
+    for role, part in parts.items():
+        extra = set(part.patient_ids) - own[role]
+        assert len(extra) == 5 and not extra & set(train.patient_ids)     # 5 patients no split has
+        assert own[role] <= set(part.patient_ids)
+    assert not set(parts["defender"].patient_ids) & set(parts["auditor"].patient_ids)
+    assert not set(parts["defender"].names) & set(parts["auditor"].names)
+    with pytest.raises(ValueError, match="extra_patients generates PhantomCXR"):
+        role_train_set(train, 42, "defender", {"source": "filelist"}, extra_patients=5)
+    with pytest.raises(ValueError, match="integer >= 0"):
+        role_train_set(train, 42, "defender", data_cfg, extra_patients=-1)
+
+
 # ------------------------------------------------------------------------------ training
 def test_training_beats_chance_and_is_deterministic():
     train, val, test = identity_set(40, 3, seed=0), identity_set(12, 3, seed=1, first=100), identity_set(15, 3, seed=2, first=200)

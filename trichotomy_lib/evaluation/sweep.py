@@ -27,6 +27,7 @@ SWEEP_DEFAULTS: dict = {
     "guidances": [0.7, 1.0, 1.2, 1.4, 1.7],  # guidance weights w (>= 0; 1 = no guidance), the paper's range
     "n_sources": 300,        # sources per point: a seeded subset of the train split (None: all)
     "audit_k": 16,           # auditor: training images retrieved per sample before verification (>= 1)
+    "audit_false_alarm": 0.05,  # vs-all re-id threshold: this rate on the val split's (unseen) patients
 }
 
 
@@ -43,6 +44,8 @@ def sweep_config(cfg: dict) -> dict:
         raise config_mod.ConfigError(f"sweep.n_sources={s['n_sources']!r}: must be null or an integer >= 2")
     if not isinstance(s["audit_k"], int) or s["audit_k"] < 1:
         raise config_mod.ConfigError(f"sweep.audit_k={s['audit_k']!r}: must be an integer >= 1")
+    if not isinstance(s["audit_false_alarm"], float) or not 0 < s["audit_false_alarm"] < 1:
+        raise config_mod.ConfigError(f"sweep.audit_false_alarm={s['audit_false_alarm']!r}: must be a rate in (0, 1)")
     return s
 
 

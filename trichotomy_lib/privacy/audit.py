@@ -10,7 +10,14 @@ training source, ``source_index`` into the training split) this measures
   image? Retrieval of the ``k`` nearest training images by auditor embedding, then the
   verifier head on those (``Verifier.retrieve_then_verify``). Also recorded: whether the best
   match belongs to the source's patient (the release points at its own source), and whether
-  it is flagged *and* that patient;
+  it is flagged *and* that patient.
+  The pairwise threshold (0.5) cannot be used here: one image against ~10³ training images
+  is 10³ chances for a false alarm, and at the auditor's pairwise false-positive rate of a
+  few per cent an image of a patient never seen is "re-identified" almost surely. The
+  1-vs-N threshold is therefore calibrated on held-out real patients (``heldout``): the
+  (1 − ``false_alarm``) quantile of their best logit against the training set, never below
+  the pairwise threshold. A release of unseen patients then scores ≈ ``false_alarm`` by
+  construction, and a rate above it is evidence of re-identification;
 * **nearest-neighbour distance** — a copy detector beside the verifier: pixel-space L2 of
   each released image to its nearest training image, compared with the same distance for
   held-out real images. Released images much closer to a training image than real unseen
@@ -28,7 +35,7 @@ from ..data.imageset import ImageSet
 from ..evaluation.irs import nearest_neighbours
 from ..evaluation.stats import wilson_interval
 
-__all__ = ["EmbeddingCache", "rate", "reid_audit", "pixel_nn_distances", "nn_summary"]
+__all__ = ["EmbeddingCache", "rate", "calibrate_any_threshold", "reid_audit", "pixel_nn_distances", "nn_summary"]
 
 
 class EmbeddingCache:
@@ -64,8 +71,28 @@ def _check_source_index(source_index, release: ImageSet, train: ImageSet) -> np.
     return source_index.astype(np.int64)
 
 
+def _logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
+def calibrate_any_threshold(e_heldout: torch.Tensor, e_train: torch.Tensor, auditor, k: int = 16,
+                            false_alarm: float = 0.05, floor: float = 0.5) -> float:
+    """Logit threshold of the "vs any training patient" call, calibrated on held-out patients.
+
+    ``e_heldout``: auditor embeddings of real images of patients NOT in training (their every
+    match is a false alarm); ``e_train``: of the training set. The threshold is the
+    (1 − ``false_alarm``) quantile of each held-out image's best logit over its ``k`` retrieved
+    training images, and at least ``logit(floor)`` (the pairwise decision threshold).
+    """
+    if not 0 < false_alarm < 1:
+        raise ValueError(f"false_alarm is a rate in (0, 1), got {false_alarm}")
+    best = auditor.retrieve_then_verify(e_heldout, e_train, k=k, threshold=floor).max_logit.numpy()
+    return max(float(np.quantile(best, 1 - false_alarm, method="higher")), _logit(floor))
+
+
 def reid_audit(release: ImageSet, source_index, train: ImageSet, auditor, k: int = 16,
-               threshold: float = 0.5, level: float = 0.95, embed=None) -> dict:
+               threshold: float = 0.5, level: float = 0.95, embed=None, heldout: ImageSet | None = None,
+               false_alarm: float = 0.05) -> dict:
     """Re-identification rates of a release by the auditor.
 
     Args:
@@ -73,21 +100,33 @@ def reid_audit(release: ImageSet, source_index, train: ImageSet, auditor, k: int
             ``train``, or None (no source, e.g. the negative control: vs-source fields NaN).
         train: the training split. auditor: a trained ``Verifier`` (role "auditor").
         k: training images retrieved per released image before verification (default 16, >= 1).
-        threshold: "same patient" probability threshold (default 0.5, the paper's).
+        threshold: pairwise "same patient" probability threshold (default 0.5, the paper's):
+            the vs-source call, and the floor of the vs-all threshold.
         level: confidence level of the Wilson intervals (default 0.95).
         embed: ``ImageSet -> (N, D)`` embedding function (default: ``auditor.embed``; pass an
             ``EmbeddingCache`` to reuse the training embeddings across releases).
+        heldout: real images of patients never trained on, to calibrate the vs-all threshold
+            to ``false_alarm`` (default 5 %) of them (``calibrate_any_threshold``). None: the
+            pairwise threshold (inflated by ~N comparisons: a rate near 1 means nothing).
 
     Returns a dict: ``src_*`` (vs source: rate, lo, hi, k, n), ``all_*`` (vs any training
-    patient), ``top_src_*`` (the best-scoring of the k is the source's patient),
-    ``nearest_src_*`` (the nearest by embedding is), ``all_src_*`` (flagged and the best match
-    is the source's patient), ``src_prob_median``.
+    patient), ``all_threshold`` (its probability threshold), ``all_false_alarm`` (its target
+    rate on held-out patients; NaN if uncalibrated), ``top_src_*`` (the best-scoring of the k is
+    the source's patient), ``nearest_src_*`` (the nearest by embedding is), ``all_src_*``
+    (flagged and the best match is the source's patient), ``src_prob_median``.
     """
     embed = embed or (lambda s: auditor.embed(s))
     e_rel, e_train = embed(release), embed(train)
     out = {"n_released": len(release)}
+    any_logit, any_fa = _logit(threshold), np.nan
+    if heldout is not None:
+        any_logit = calibrate_any_threshold(embed(heldout), e_train, auditor, k, false_alarm, threshold)
+        any_fa = float(false_alarm)
     ret = auditor.retrieve_then_verify(e_rel, e_train, k=k, threshold=threshold)
-    out.update(rate(ret.flagged.numpy(), level, "all_"))
+    flagged = ret.max_logit > any_logit
+    out.update(rate(flagged.numpy(), level, "all_"))
+    out["all_threshold"], out["all_false_alarm"] = float(1 / (1 + np.exp(-any_logit))), any_fa
+    out["all_threshold_logit"] = any_logit
     if source_index is None:
         for p in ("src_", "top_src_", "nearest_src_", "all_src_"):
             out.update({f"{p}rate": np.nan, f"{p}lo": np.nan, f"{p}hi": np.nan, f"{p}k": 0, f"{p}n": 0})
@@ -101,7 +140,7 @@ def reid_audit(release: ImageSet, source_index, train: ImageSet, auditor, k: int
     top_is_src = pids[ret.best.numpy()] == pids[src]
     out.update(rate(top_is_src, level, "top_src_"))
     out.update(rate(pids[ret.indices[:, 0].numpy()] == pids[src], level, "nearest_src_"))
-    out.update(rate(top_is_src & ret.flagged.numpy(), level, "all_src_"))
+    out.update(rate(top_is_src & flagged.numpy(), level, "all_src_"))
     return out
 
 

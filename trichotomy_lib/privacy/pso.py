@@ -69,7 +69,8 @@ PRIVACY_DEFAULTS: dict = {
     "weight_factor": 0.1,        # target predicate weight = weight_factor / n  (in (0, 1])
     "verifier_threshold": 0.5,   # floor of the verifier predicate's "same patient" probability
     "audit_k": 16,               # training images retrieved per released image (vs-all audit)
-    "audit_threshold": 0.5,      # the auditor's "same patient" probability (paper: 0.5)
+    "audit_threshold": 0.5,      # the auditor's pairwise "same patient" probability (paper: 0.5)
+    "audit_false_alarm": 0.05,   # vs-all re-id threshold: this rate on held-out patients (audit.py)
     "positive_sigma": 0.05,      # positive control: Gaussian noise σ on training images ([-1, 1] units)
     "n_control_patients": None,  # control population size (null: number of training patients)
     "n_weight_patients": None,   # held-out calibration/weight population (null: training patients)
@@ -92,7 +93,7 @@ def privacy_config(cfg: dict) -> dict:
         raise ValueError(f"privacy.primary must be one of privacy.predicates {kinds}, got {p['primary']!r}")
     if not 0 < p["weight_factor"] <= 1:
         raise ValueError(f"privacy.weight_factor must be in (0, 1], got {p['weight_factor']}")
-    for key in ("verifier_threshold", "audit_threshold", "level", "nn_quantile"):
+    for key in ("verifier_threshold", "audit_threshold", "audit_false_alarm", "level", "nn_quantile"):
         if not 0 < p[key] < 1:
             raise ValueError(f"privacy.{key} must be in (0, 1), got {p[key]}")
     if not (isinstance(p["audit_k"], int) and p["audit_k"] >= 1):
@@ -283,7 +284,8 @@ def evaluate_release(release: ImageSet, source_index, train: ImageSet, control: 
             on, as many as ``train`` has).
         auditor: the AUDITOR verifier (never the defender the filter used).
         cfg: the config (``seed`` and the ``privacy`` section, see ``PRIVACY_DEFAULTS``).
-        heldout: held-out patients for calibrating thresholds and estimating weights (default:
+        heldout: held-out patients for calibrating thresholds (the predicates' and the audit's
+            vs-all threshold) and estimating weights (default:
             the control population itself — then the control rate is measured on the sample
             the thresholds were fitted to; pass a separate population to avoid that).
         reference: held-out real images for the nearest-neighbour reference (e.g. the test
@@ -303,7 +305,8 @@ def evaluate_release(release: ImageSet, source_index, train: ImageSet, control: 
         raise ValueError(f"release {name!r} is empty")
     row = {"release": name, "weight_source": "heldout" if heldout is not None else "control"}
     row.update(reid_audit(release, source_index, train, auditor, k=p["audit_k"], threshold=p["audit_threshold"],
-                          level=p["level"], embed=embed))
+                          level=p["level"], embed=embed, heldout=heldout if heldout is not None else control,
+                          false_alarm=p["audit_false_alarm"]))
     dist = pixel_nn_distances(release, train, p["nn_max_size"])
     ref = pixel_nn_distances(reference, train, p["nn_max_size"]) if reference is not None else None
     row.update(nn_summary(dist, ref, p["nn_quantile"], p["level"]))

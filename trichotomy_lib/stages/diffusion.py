@@ -104,7 +104,7 @@ def _training_data(ctx: StageContext, d: dict):
 
 
 @stage("diffusion", keys=("seed", "diffusion.preset", "diffusion.models", "diffusion.network", "diffusion.train",
-                          "diffusion.vae_path"), deps=("data", "encoder"), version=1)
+                          "diffusion.vae_path"), deps=("data", "encoder"), version=2)  # 2: default preset 3000 steps
 def diffusion_stage(ctx: StageContext) -> None:
     """Train every configured denoiser (EMA, optional early guide), resuming from checkpoints."""
     d = diffusion_config({"diffusion": {k.split(".", 1)[1]: v for k, v in ctx.params.items()

@@ -259,14 +259,14 @@ def cross_site_table(pipe: Pipeline) -> pd.DataFrame:
 # ------------------------------------------------------------------------------ guidance sweep
 @stage("sweep", keys=("seed", "sweep", "generate.solver", "generate.steps", "generate.guide", "generate.batch_size",
                       "classifier", "utility.classifier", "utility.alpha_e", "utility.n_boot", "utility.level"),
-       deps=("data", "encoder", "diffusion", "reid_auditor", "utility_features", "utility_real"), version=1)
+       deps=("data", "encoder", "diffusion", "reid_auditor", "utility_features", "utility_real"), version=2)
 def sweep_stage(ctx: StageContext) -> None:
     """Per guidance w: raw DiADM samples of a seeded subset of sources → FD, IRS, re-id, AUROC."""
     from tqdm.auto import tqdm
 
     from ..data.imageset import images_to_uint8
     from ..privacy import filter as flt
-    from ..privacy.audit import reid_audit
+    from ..privacy.audit import EmbeddingCache, reid_audit
     from ..privacy.release import make_release
     from .data import load_splits
     from .encoder import load_embeddings
@@ -283,6 +283,7 @@ def sweep_stage(ctx: StageContext) -> None:
     sample_fn = make_sample_fn(pipe, generate_config(pipe.cfg), "pseudo", load_embeddings(pipe, "train"))
     feat_clf, train_f, test_f = load_feature_net(pipe)
     auditor = load_verifier(pipe, "auditor")
+    embed = EmbeddingCache(auditor)
     real_probs = np.load(ctx.inputs["utility_real"] / "test_probs.npy")
     bseed = derive_seed(seed, "utility", "bootstrap")
     for w in tqdm(s["guidances"], desc="guidance sweep", leave=False):
@@ -294,7 +295,9 @@ def sweep_stage(ctx: StageContext) -> None:
         release = make_release(f"sweep_w{w:g}", images, sources, train)
         sample_seconds = time.perf_counter() - start
         fid = fidelity_row(penultimate_features(feat_clf, release), train_f, test_f, u["alpha_e"])
-        audit = reid_audit(release, sources, train, auditor, k=s["audit_k"], level=u["level"])
+        # vs-all threshold calibrated on the val split's patients (never trained on), 5 % false alarms
+        audit = reid_audit(release, sources, train, auditor, k=s["audit_k"], level=u["level"], embed=embed,
+                           heldout=splits["val"], false_alarm=s["audit_false_alarm"])
         _, probs = train_and_predict(release, splits["val"], splits["test"], _clf_cfg(ctx), seed,
                                      checkpoint_dir=point / "checkpoint", progress=False)
         util = utility_row(splits["test"].labels, probs, real_probs, u["n_boot"], bseed, u["level"])
