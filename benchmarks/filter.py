@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from trichotomy_lib import config
+from trichotomy_lib.data.imageset import uint8_to_tensor
 from trichotomy_lib.diffusion.sampler import network_evaluations
 from trichotomy_lib.evaluation.stats import frechet_distance, wilson_interval
 from trichotomy_lib.pipeline import Pipeline
@@ -59,8 +60,8 @@ def pca_features(real: np.ndarray, dim: int = 32):
 def reid_rate(verifier, release_images: np.ndarray, source_images: np.ndarray, threshold: float = 0.5):
     if len(release_images) == 0:
         return 0, float("nan"), float("nan"), float("nan")
-    to_t = lambda a: torch.from_numpy(a.astype(np.float32)).unsqueeze(1).div_(127.5).sub_(1.0)  # noqa: E731
-    logits = verifier.score_pairs(verifier.embed(to_t(source_images)), verifier.embed(to_t(release_images)))
+    logits = verifier.score_pairs(verifier.embed(uint8_to_tensor(source_images)),
+                                  verifier.embed(uint8_to_tensor(release_images)))
     k = int((verifier.probability(logits) >= threshold).sum())
     rate, lo, hi = wilson_interval(k, len(release_images))
     return k, rate, lo, hi

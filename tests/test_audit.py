@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from trichotomy_lib.data.imageset import ImageSet
-from trichotomy_lib.privacy.audit import EmbeddingCache, nn_summary, pixel_nn_distances, rate, reid_audit
+from trichotomy_lib.privacy.audit import EmbeddingCache, nn_summary, pixel_nn_distances, rate, reid_audit, veto_tradeoff
 from trichotomy_lib.privacy.controls import negative_control_release, positive_control_release
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -29,7 +29,7 @@ def test_copies_are_reidentified_vs_source_and_vs_all(world):
     rel, src = positive_control_release(train, 0.05, seed=0)
     out = reid_audit(rel, src, train, auditor)
     assert out["src_rate"] == 1.0 and out["src_k"] == len(rel) == out["src_n"]
-    assert out["all_rate"] == 1.0 and out["top_src_rate"] == 1.0 and out["all_src_rate"] == 1.0
+    assert out["all_rate"] == 1.0 and out["nearest_src_rate"] == 1.0 and out["all_src_rate"] == 1.0
     assert out["nearest_src_rate"] == 1.0
     assert 0 < out["src_lo"] < 1.0 == out["src_hi"]                     # Wilson interval, not [1, 1]
 
@@ -39,7 +39,7 @@ def test_other_patients_are_not_reidentified(world):
     rel, src = negative_control_release(world["heldout"])
     out = reid_audit(rel, src, train, auditor)
     assert out["all_rate"] == 0.0 and out["all_hi"] > 0
-    assert np.isnan(out["src_rate"]) and np.isnan(out["top_src_rate"]) and out["src_n"] == 0
+    assert np.isnan(out["src_rate"]) and np.isnan(out["nearest_src_rate"]) and out["src_n"] == 0
     # the same held-out images "released" with arbitrary training sources: still not the source
     fake_src = np.arange(len(rel)) % len(train)
     out = reid_audit(rel, fake_src, train, auditor)
@@ -54,15 +54,15 @@ def test_vs_all_threshold_is_calibrated_on_heldout_patients(world):
     auditor = OracleVerifier([train, calib, unseen], bias=3.5)
     neg, _ = negative_control_release(unseen)
     naive = reid_audit(neg, None, train, auditor)
-    assert naive["all_rate"] > 0.4 and np.isnan(naive["all_false_alarm"])
+    assert naive["all_rate"] > 0.4 and np.isnan(naive["all_false_alarm"]) and naive["all_threshold"] == np.inf
     cal = reid_audit(neg, None, train, auditor, heldout=calib, false_alarm=0.05)
     assert cal["all_rate"] < 0.12 and cal["all_false_alarm"] == 0.05
-    assert cal["all_threshold"] > 0.5 and cal["all_threshold_logit"] > 0
+    assert 0 < cal["all_threshold"] < np.inf                             # a distance in the embedding
     # the calibrated call still fires on (noised) copies of training images
     pos, src = positive_control_release(train, 0.05, seed=0)
     out = reid_audit(pos, src, train, auditor, heldout=calib, false_alarm=0.05)
     assert out["all_rate"] == 1.0 and out["all_src_rate"] == 1.0
-    assert out["all_threshold_logit"] == cal["all_threshold_logit"]
+    assert out["all_threshold"] == cal["all_threshold"]
     with pytest.raises(ValueError, match="false_alarm"):
         reid_audit(neg, None, train, auditor, heldout=calib, false_alarm=0.0)
 
@@ -142,3 +142,17 @@ def test_real_tiny_auditor_end_to_end():
     assert rows["pos"]["pso_risk_lo"] > 0
     assert rows["neg"]["pso_risk_lo"] == 0.0
     assert rows["pos"]["nn_close_rate"] > 0.9 and rows["neg"]["nn_close_rate"] < 0.3
+
+
+def test_veto_tradeoff_counts_the_auditors_residue_among_passed_candidates():
+    defender = np.array([0.9, 0.6, 0.4, 0.2, 0.05, 0.01])
+    auditor = np.array([0.9, 0.8, 0.7, 0.1, 0.6, 0.1])
+    rows = {r["threshold"]: r for r in veto_tradeoff(defender, auditor, [1.0, 0.5, 0.1])}
+    assert rows[1.0]["pass_rate"] == 1.0 and rows[1.0]["reid_k"] == 4        # no veto: 4 of 6 linked
+    assert rows[0.5]["n_pass"] == 4 and rows[0.5]["reid_k"] == 2            # 0.4 and 0.05 still linked
+    assert rows[0.1]["n_pass"] == 2 and rows[0.1]["reid_rate"] == 0.5
+    assert rows[0.5]["reid_lo"] < rows[0.5]["reid_rate"] < rows[0.5]["reid_hi"]
+    with pytest.raises(ValueError, match="equal-length"):
+        veto_tradeoff(defender, auditor[:-1], [0.5])
+    with pytest.raises(ValueError, match="veto threshold"):
+        veto_tradeoff(defender, auditor, [0.0])

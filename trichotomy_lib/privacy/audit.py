@@ -11,13 +11,16 @@ training source, ``source_index`` into the training split) this measures
   verifier head on those (``Verifier.retrieve_then_verify``). Also recorded: whether the best
   match belongs to the source's patient (the release points at its own source), and whether
   it is flagged *and* that patient.
-  The pairwise threshold (0.5) cannot be used here: one image against ~10³ training images
-  is 10³ chances for a false alarm, and at the auditor's pairwise false-positive rate of a
-  few per cent an image of a patient never seen is "re-identified" almost surely. The
-  1-vs-N threshold is therefore calibrated on held-out real patients (``heldout``): the
-  (1 − ``false_alarm``) quantile of their best logit against the training set, never below
-  the pairwise threshold. A release of unseen patients then scores ≈ ``false_alarm`` by
-  construction, and a rate above it is evidence of re-identification;
+  The pairwise threshold (0.5) alone cannot be used here: one image against ~10³ training
+  images is 10³ chances for a false alarm, and an image of a patient never seen is
+  "re-identified" almost surely. Nor does the head's logit rank matches: it saturates (on the
+  default profile the highest-logit training image of a noised *copy* is another patient's for
+  30 % of copies), while distance in the same embedding keeps ranking. So the call is: the
+  **nearest verified** training image (the nearest of the k whose pairwise probability exceeds
+  ``threshold``), flagged if its embedding distance is below a threshold calibrated on held-out
+  real patients (``heldout``) — the ``false_alarm`` quantile of their own nearest-verified
+  distances. A release of unseen patients scores ≈ ``false_alarm`` by construction, and a rate
+  well above it is evidence of re-identification;
 * **nearest-neighbour distance** — a copy detector beside the verifier: pixel-space L2 of
   each released image to its nearest training image, compared with the same distance for
   held-out real images. Released images much closer to a training image than real unseen
@@ -35,7 +38,7 @@ from ..data.imageset import ImageSet
 from ..evaluation.irs import nearest_neighbours
 from ..evaluation.stats import wilson_interval
 
-__all__ = ["EmbeddingCache", "rate", "calibrate_any_threshold", "reid_audit", "pixel_nn_distances", "nn_summary"]
+__all__ = ["EmbeddingCache", "rate", "veto_tradeoff", "nearest_verified", "calibrate_any_threshold", "reid_audit", "pixel_nn_distances", "nn_summary"]
 
 
 class EmbeddingCache:
@@ -71,23 +74,38 @@ def _check_source_index(source_index, release: ImageSet, train: ImageSet) -> np.
     return source_index.astype(np.int64)
 
 
-def _logit(p: float) -> float:
-    return float(np.log(p) - np.log1p(-p))
+def nearest_verified(e_query: torch.Tensor, e_train: torch.Tensor, auditor, k: int = 16,
+                     threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """``(distance, index)`` per query of its nearest training image that the auditor verifies
+    (pairwise probability > ``threshold``) among the ``k`` nearest by embedding; ``inf`` / -1 if
+    none of the k is verified."""
+    ret = auditor.retrieve_then_verify(e_query, e_train, k=k, threshold=threshold)
+    ok = auditor.probability(ret.logits) > threshold             # (N, k), columns nearest first
+    first = ok.to(torch.int8).argmax(dim=1)
+    index = ret.indices.gather(1, first[:, None])[:, 0]
+    dist = (e_query.float().cpu() - e_train.float().cpu()[index]).norm(dim=1).numpy().astype(np.float64)
+    has = ok.any(dim=1).numpy()
+    return np.where(has, dist, np.inf), np.where(has, index.numpy(), -1)
 
 
 def calibrate_any_threshold(e_heldout: torch.Tensor, e_train: torch.Tensor, auditor, k: int = 16,
-                            false_alarm: float = 0.05, floor: float = 0.5) -> float:
-    """Logit threshold of the "vs any training patient" call, calibrated on held-out patients.
+                            false_alarm: float = 0.05, threshold: float = 0.5) -> float:
+    """Distance threshold of the "vs any training patient" call, calibrated on held-out patients.
 
     ``e_heldout``: auditor embeddings of real images of patients NOT in training (their every
-    match is a false alarm); ``e_train``: of the training set. The threshold is the
-    (1 − ``false_alarm``) quantile of each held-out image's best logit over its ``k`` retrieved
-    training images, and at least ``logit(floor)`` (the pairwise decision threshold).
+    match is a false alarm); ``e_train``: of the training set. Returns the largest distance d
+    such that at most ``false_alarm`` of the held-out images have a nearest verified training
+    image closer than or at d (``inf`` when fewer than that are verified at all: then every
+    verified match counts).
     """
     if not 0 < false_alarm < 1:
         raise ValueError(f"false_alarm is a rate in (0, 1), got {false_alarm}")
-    best = auditor.retrieve_then_verify(e_heldout, e_train, k=k, threshold=floor).max_logit.numpy()
-    return max(float(np.quantile(best, 1 - false_alarm, method="higher")), _logit(floor))
+    dist, _ = nearest_verified(e_heldout, e_train, auditor, k, threshold)
+    allowed = int(np.floor(false_alarm * len(dist)))              # false alarms we may accept
+    ordered = np.sort(dist)
+    if allowed >= len(ordered) or not np.isfinite(ordered[allowed]):
+        return float("inf")
+    return float(np.nextafter(ordered[allowed], -np.inf))        # strictly below the (allowed+1)-th
 
 
 def reid_audit(release: ImageSet, source_index, train: ImageSet, auditor, k: int = 16,
@@ -101,34 +119,33 @@ def reid_audit(release: ImageSet, source_index, train: ImageSet, auditor, k: int
         train: the training split. auditor: a trained ``Verifier`` (role "auditor").
         k: training images retrieved per released image before verification (default 16, >= 1).
         threshold: pairwise "same patient" probability threshold (default 0.5, the paper's):
-            the vs-source call, and the floor of the vs-all threshold.
+            the vs-source call; a vs-all match must pass it too ("verified").
         level: confidence level of the Wilson intervals (default 0.95).
         embed: ``ImageSet -> (N, D)`` embedding function (default: ``auditor.embed``; pass an
             ``EmbeddingCache`` to reuse the training embeddings across releases).
-        heldout: real images of patients never trained on, to calibrate the vs-all threshold
-            to ``false_alarm`` (default 5 %) of them (``calibrate_any_threshold``). None: the
-            pairwise threshold (inflated by ~N comparisons: a rate near 1 means nothing).
+        heldout: real images of patients never trained on, to calibrate the vs-all distance
+            threshold to ``false_alarm`` (default 5 %) of them (``calibrate_any_threshold``).
+            None: any verified match counts (inflated by ~N comparisons: a rate near 1 means nothing).
 
     Returns a dict: ``src_*`` (vs source: rate, lo, hi, k, n), ``all_*`` (vs any training
-    patient), ``all_threshold`` (its probability threshold), ``all_false_alarm`` (its target
-    rate on held-out patients; NaN if uncalibrated), ``top_src_*`` (the best-scoring of the k is
-    the source's patient), ``nearest_src_*`` (the nearest by embedding is), ``all_src_*``
-    (flagged and the best match is the source's patient), ``src_prob_median``.
+    patient), ``all_threshold`` (its embedding-distance threshold), ``all_false_alarm`` (its
+    target rate on held-out patients; NaN if uncalibrated), ``nearest_src_*`` (the nearest
+    training image by embedding is the source's patient), ``all_src_*`` (flagged, and the
+    nearest verified match is the source's patient), ``src_prob_median``.
     """
     embed = embed or (lambda s: auditor.embed(s))
     e_rel, e_train = embed(release), embed(train)
     out = {"n_released": len(release)}
-    any_logit, any_fa = _logit(threshold), np.nan
+    any_threshold, any_fa = float("inf"), np.nan
     if heldout is not None:
-        any_logit = calibrate_any_threshold(embed(heldout), e_train, auditor, k, false_alarm, threshold)
+        any_threshold = calibrate_any_threshold(embed(heldout), e_train, auditor, k, false_alarm, threshold)
         any_fa = float(false_alarm)
-    ret = auditor.retrieve_then_verify(e_rel, e_train, k=k, threshold=threshold)
-    flagged = ret.max_logit > any_logit
-    out.update(rate(flagged.numpy(), level, "all_"))
-    out["all_threshold"], out["all_false_alarm"] = float(1 / (1 + np.exp(-any_logit))), any_fa
-    out["all_threshold_logit"] = any_logit
+    dist, match = nearest_verified(e_rel, e_train, auditor, k, threshold)
+    flagged = np.isfinite(dist) & (dist <= any_threshold)
+    out.update(rate(flagged, level, "all_"))
+    out["all_threshold"], out["all_false_alarm"] = any_threshold, any_fa
     if source_index is None:
-        for p in ("src_", "top_src_", "nearest_src_", "all_src_"):
+        for p in ("src_", "nearest_src_", "all_src_"):
             out.update({f"{p}rate": np.nan, f"{p}lo": np.nan, f"{p}hi": np.nan, f"{p}k": 0, f"{p}n": 0})
         out["src_prob_median"] = np.nan
         return out
@@ -137,10 +154,9 @@ def reid_audit(release: ImageSet, source_index, train: ImageSet, auditor, k: int
     out.update(rate(prob > threshold, level, "src_"))
     out["src_prob_median"] = float(np.median(prob))
     pids = np.asarray(train.patient_ids).astype(str)
-    top_is_src = pids[ret.best.numpy()] == pids[src]
-    out.update(rate(top_is_src, level, "top_src_"))
-    out.update(rate(pids[ret.indices[:, 0].numpy()] == pids[src], level, "nearest_src_"))
-    out.update(rate(top_is_src & flagged.numpy(), level, "all_src_"))
+    nearest = auditor.retrieve_then_verify(e_rel, e_train, k=1, threshold=threshold).indices[:, 0].numpy()
+    out.update(rate(pids[nearest] == pids[src], level, "nearest_src_"))
+    out.update(rate(flagged & (pids[np.maximum(match, 0)] == pids[src]), level, "all_src_"))
     return out
 
 
@@ -181,3 +197,28 @@ def nn_summary(dist: np.ndarray, reference: np.ndarray | None, quantile: float =
                 "nn_ratio": float(np.median(dist) / np.median(reference)), "nn_close_threshold": thr})
     out.update({k: v for k, v in rate(dist < thr, level, "nn_close_").items() if not k.endswith(("_k", "_n"))})
     return out
+
+
+def veto_tradeoff(defender_prob, auditor_prob, thresholds, auditor_threshold: float = 0.5,
+                  level: float = 0.95) -> list[dict]:
+    """What a stricter privacy filter buys, from one candidate per source.
+
+    ``defender_prob`` / ``auditor_prob``: (N,) each verifier's "same patient as my source"
+    probability for the same N candidates. For each veto threshold t (the filter drops a
+    candidate with defender P >= t): ``pass_rate`` = fraction the defender lets through, and
+    ``reid_*`` = the AUDITOR's rate of "same patient" (P > ``auditor_threshold``) among those
+    (Wilson interval). Two independent verifiers disagree near the decision boundary, so the
+    auditor keeps finding identity in candidates the defender passed at its own 0.5; a lower t
+    trades candidates (sampling time) for a smaller residue.
+    """
+    d, a = np.asarray(defender_prob, dtype=float), np.asarray(auditor_prob, dtype=float)
+    if d.shape != a.shape or d.ndim != 1 or len(d) == 0:
+        raise ValueError(f"defender_prob and auditor_prob must be equal-length non-empty vectors, got {d.shape}, {a.shape}")
+    rows = []
+    for t in thresholds:
+        if not 0 < t <= 1:
+            raise ValueError(f"veto threshold must be in (0, 1], got {t}")
+        passed = d < t
+        rows.append({"threshold": float(t), "pass_rate": float(passed.mean()), "n_pass": int(passed.sum()),
+                     **rate(a[passed] > auditor_threshold, level, "reid_")})
+    return rows

@@ -29,7 +29,7 @@ from ..privacy.controls import (control_population, filelist_populations, negati
 from ..privacy.pso import PRIVACY_DEFAULTS, EmbeddingCache, evaluate_release, privacy_config
 from ..privacy.reid_train import derive_seed
 
-__all__ = ["RELEASES", "CONTROL_RELEASES", "available_releases", "load_populations", "load_release_any",
+__all__ = ["RELEASES", "CONTROL_RELEASES", "available_releases", "filter_tradeoff", "load_populations", "load_release_any",
            "load_privacy", "privacy_table", "populations_info", "privacy_config", "PRIVACY_DEFAULTS"]
 
 # Row name → display name. Controls first, then the generated releases (stages/generate.py).
@@ -183,6 +183,30 @@ def load_privacy(pipe: Pipeline) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     with np.load(path / "nn_distances.npz", allow_pickle=False) as z:
         nn = {k: z[k] for k in z.files}
     return df, nn
+
+
+def filter_tradeoff(pipe: Pipeline, thresholds=(0.9, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)) -> pd.DataFrame:
+    """The privacy filter's veto threshold vs what the AUDITOR still finds (``audit.veto_tradeoff``),
+    on the raw DiADM release (each source's first candidate, before any veto). Reads the defender
+    too: this is an analysis of the filter's operating point, not part of the audit, which never
+    uses the defender. Indexed by threshold; the profile's own threshold is marked."""
+    from ..privacy.audit import veto_tradeoff
+    from .data import load_splits
+    from .generate import generate_config
+    from .reid import load_verifier
+
+    release, source_index = load_release_any(pipe, "diadm_raw")
+    train = load_splits(pipe)["train"].subset(np.asarray(source_index))
+    probs = {}
+    for role in ("defender", "auditor"):
+        v = load_verifier(pipe, role)
+        probs[role] = v.probability(v.score_pairs(v.embed(release), v.embed(train))).numpy()
+    used = float(generate_config(pipe.cfg)["filter"]["threshold"])
+    rows = veto_tradeoff(probs["defender"], probs["auditor"], sorted({*map(float, thresholds), used}, reverse=True),
+                         auditor_threshold=float(privacy_config(pipe.cfg)["audit_threshold"]))
+    df = pd.DataFrame(rows).set_index("threshold")
+    df["profile's threshold"] = [t == used for t in df.index]
+    return df
 
 
 def _ci(rate, lo, hi, digits: int = 2) -> str:
