@@ -161,6 +161,23 @@ def load_feature_net(pipe: Pipeline) -> tuple[Classifier, np.ndarray, np.ndarray
     return Classifier.load(path), np.load(path / "train_features.npy"), np.load(path / "test_features.npy")
 
 
+def sample_fd(pipe: Pipeline, samples) -> dict:
+    """Fréchet distance of generated images ((N, 1, H, W) in [-1, 1]) to the real training split in
+    the fidelity feature space (an independently seeded classifier, stage ``utility_features``:
+    neither the pseudo-conditioning encoder nor the auditor), beside the real test split's own
+    distance (``fd_test``, the floor at its size; FD grows as n shrinks, so compare like sizes)."""
+    from ..data.imageset import LABELS, images_to_uint8
+    from ..evaluation.stats import frechet_distance
+
+    images = images_to_uint8(samples)
+    n = len(images)
+    as_set = ImageSet(images, np.zeros((n, len(LABELS)), np.uint8), np.full(n, "sample"),
+                      np.array([f"sample_{i}" for i in range(n)]))
+    feat_clf, train_f, test_f = load_feature_net(pipe)
+    return {"n": n, "fd": frechet_distance(penultimate_features(feat_clf, as_set), train_f),
+            "fd_test": frechet_distance(test_f, train_f), "n_test": len(test_f)}
+
+
 def _fidelity_stage(name: str):
     def fidelity_release_stage(ctx: StageContext) -> None:
         from .generate import load_release
