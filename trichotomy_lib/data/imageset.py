@@ -66,6 +66,11 @@ class ImageSet:
         index = np.asarray(index)
         return ImageSet(*(np.asarray(getattr(self, f))[index] for f in _FIELDS))
 
+    @classmethod
+    def concat(cls, parts: "list[ImageSet]") -> "ImageSet":
+        """One ImageSet of ``parts`` in order (images of equal size)."""
+        return cls(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts]) for f in _FIELDS))
+
     def tensor(self, index=None) -> torch.Tensor:
         """Images as float32 (n, 1, H, W) in [-1, 1] — the range every model here uses."""
         return uint8_to_tensor(self.images if index is None else self.images[np.asarray(index)])

@@ -8,9 +8,9 @@ training source, ``source_index`` into the training split) this measures
   what the privacy filter promised to prevent, checked by an independent model;
 * **vs every training patient** — is the released image the same patient as *any* training
   image? Retrieval of the ``k`` nearest training images by auditor embedding, then the
-  verifier head on those (``Verifier.retrieve_then_verify``). Also recorded: whether the best
-  match belongs to the source's patient (the release points at its own source), and whether
-  it is flagged *and* that patient.
+  verifier head on those (``Verifier.retrieve_then_verify``). Also recorded: whether the nearest
+  training image belongs to the source's patient (the release points at its own source), and
+  whether the image is flagged *and* its nearest verified match is that patient.
   The pairwise threshold (0.5) alone cannot be used here: one image against ~10³ training
   images is 10³ chances for a false alarm, and an image of a patient never seen is
   "re-identified" almost surely. Nor does the head's logit rank matches: it saturates (on the
@@ -38,7 +38,8 @@ from ..data.imageset import ImageSet
 from ..evaluation.irs import nearest_neighbours
 from ..evaluation.stats import wilson_interval
 
-__all__ = ["EmbeddingCache", "rate", "veto_tradeoff", "nearest_verified", "calibrate_any_threshold", "reid_audit", "pixel_nn_distances", "nn_summary"]
+__all__ = ["EmbeddingCache", "rate", "veto_tradeoff", "nearest_verified", "calibrate_any_threshold", "reid_audit",
+           "pixel_nn_distances", "nn_summary"]
 
 
 class EmbeddingCache:
@@ -75,11 +76,12 @@ def _check_source_index(source_index, release: ImageSet, train: ImageSet) -> np.
 
 
 def nearest_verified(e_query: torch.Tensor, e_train: torch.Tensor, auditor, k: int = 16,
-                     threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                     threshold: float = 0.5, retrieval=None) -> tuple[np.ndarray, np.ndarray]:
     """``(distance, index)`` per query of its nearest training image that the auditor verifies
     (pairwise probability > ``threshold``) among the ``k`` nearest by embedding; ``inf`` / -1 if
-    none of the k is verified."""
-    ret = auditor.retrieve_then_verify(e_query, e_train, k=k, threshold=threshold)
+    none of the k is verified. ``retrieval``: a ``retrieve_then_verify`` result of the same
+    queries and keys, if the caller has one already."""
+    ret = retrieval or auditor.retrieve_then_verify(e_query, e_train, k=k, threshold=threshold)
     ok = auditor.probability(ret.logits) > threshold             # (N, k), columns nearest first
     first = ok.to(torch.int8).argmax(dim=1)
     index = ret.indices.gather(1, first[:, None])[:, 0]
@@ -140,7 +142,8 @@ def reid_audit(release: ImageSet, source_index, train: ImageSet, auditor, k: int
     if heldout is not None:
         any_threshold = calibrate_any_threshold(embed(heldout), e_train, auditor, k, false_alarm, threshold)
         any_fa = float(false_alarm)
-    dist, match = nearest_verified(e_rel, e_train, auditor, k, threshold)
+    ret = auditor.retrieve_then_verify(e_rel, e_train, k=k, threshold=threshold)
+    dist, match = nearest_verified(e_rel, e_train, auditor, k, threshold, retrieval=ret)
     flagged = np.isfinite(dist) & (dist <= any_threshold)
     out.update(rate(flagged, level, "all_"))
     out["all_threshold"], out["all_false_alarm"] = any_threshold, any_fa
@@ -154,7 +157,7 @@ def reid_audit(release: ImageSet, source_index, train: ImageSet, auditor, k: int
     out.update(rate(prob > threshold, level, "src_"))
     out["src_prob_median"] = float(np.median(prob))
     pids = np.asarray(train.patient_ids).astype(str)
-    nearest = auditor.retrieve_then_verify(e_rel, e_train, k=1, threshold=threshold).indices[:, 0].numpy()
+    nearest = ret.indices[:, 0].numpy()
     out.update(rate(pids[nearest] == pids[src], level, "nearest_src_"))
     out.update(rate(flagged & (pids[np.maximum(match, 0)] == pids[src]), level, "all_src_"))
     return out

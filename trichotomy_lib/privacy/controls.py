@@ -90,8 +90,7 @@ def control_population(data_cfg: dict | None, n_patients: int, seed: int, stream
         batch = batch.subset(np.isin(batch.patient_ids, keep_pids))
         parts.append(batch)
         have += len(keep_pids)
-    out = ImageSet(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("images", "labels", "patient_ids", "names")))
+    out = ImageSet.concat(parts)
     return prefix_ids(out, prefix)
 
 

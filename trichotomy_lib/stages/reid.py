@@ -77,8 +77,7 @@ def role_train_set(train, seed: int, role: str, data_cfg: dict | None = None, ex
                          f"{data_cfg.get('source')!r} set it to 0 (or train on your own extra patients)")
     extra = control_population(data_cfg, extra_patients, seed, stream=f"reid-{role}", prefix=f"reid-{role}",
                                train_like=False)
-    return ImageSet(*(np.concatenate([getattr(own, f), getattr(extra, f)])
-                      for f in ("images", "labels", "patient_ids", "names")))
+    return ImageSet.concat([own, extra])
 
 
 def _train_role(ctx: StageContext, role: str) -> None:
