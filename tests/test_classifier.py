@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from trichotomy_lib.checkpoint import load_training_state
 from trichotomy_lib.config import ConfigError
 from trichotomy_lib.data.imageset import LABELS, ImageSet
 from trichotomy_lib.evaluation.classifier import (
+    TRAINING_STATE_FILE,
     Classifier,
     consistency_matrix,
     evaluate_classifier,
@@ -106,12 +106,12 @@ def test_patience_stops_early(data):
 
 
 def test_cosine_schedule_reaches_zero():
-    from trichotomy_lib.evaluation.classifier import _learning_rate, classifier_config
+    from trichotomy_lib.evaluation.classifier import classifier_config, learning_rate
 
     cfg = classifier_config({"lr": 1e-3})
-    assert [_learning_rate(cfg, s, 100) for s in (0, 50, 100)] == pytest.approx([1e-3, 5e-4, 0.0])
+    assert [learning_rate(cfg, s, 100) for s in (0, 50, 100)] == pytest.approx([1e-3, 5e-4, 0.0])
     const = classifier_config({"lr": 1e-3, "lr_schedule": "constant"})
-    assert _learning_rate(const, 99, 100) == 1e-3
+    assert learning_rate(const, 99, 100) == 1e-3
 
 
 def test_deterministic_given_seed(data, tiny):
@@ -136,7 +136,7 @@ def test_resumes_from_checkpoint(data, tmp_path):
 
     with pytest.raises(Interrupt):
         fit_classifier(data["train"], data["val"], cfg, seed=5, checkpoint_dir=tmp_path, callback=stop_after_first, progress=False)
-    assert json.loads((tmp_path / "checkpoint.json").read_text())["epoch"] == 1
+    assert load_training_state(tmp_path / TRAINING_STATE_FILE).meta["epoch"] == 1
     epochs_run = []
     resumed = fit_classifier(data["train"], data["val"], cfg, seed=5, checkpoint_dir=tmp_path,
                              callback=lambda r, n: epochs_run.append(r["epoch"]), progress=False)
@@ -168,7 +168,7 @@ def test_densenet_option():
         with pytest.raises(ImportError, match="torchvision"):
             fit_classifier(blob_set(8, 0, size=32), blob_set(4, 1, size=32), {"arch": "densenet121", "epochs": 1}, seed=0, progress=False)
         return
-    from trichotomy_lib.evaluation.classifier_nets import build_densenet121
+    from trichotomy_lib.evaluation.classifier.nets import build_densenet121
 
     net = build_densenet121().eval()
     assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 8)

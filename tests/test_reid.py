@@ -321,13 +321,13 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(reid_train, "pair_auroc", crash_on_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_verifier(train, val, params, seed=1, checkpoint_dir=tmp_path, progress=False)
-    assert (tmp_path / "checkpoint.json").exists()
+    assert (tmp_path / reid_train.TRAINING_STATE_FILE).exists()
     monkeypatch.setattr(reid_train, "pair_auroc", real)
     resumed, hist = train_verifier(train, val, params, seed=1, checkpoint_dir=tmp_path, progress=False)
     assert hist["val_auroc"] == ref_hist["val_auroc"]
     for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
-    assert not (tmp_path / "checkpoint.json").exists()
+    assert not (tmp_path / reid_train.TRAINING_STATE_FILE).exists()
 
 
 def test_precision_at_1_excludes_the_query_itself():

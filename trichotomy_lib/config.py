@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,7 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "privacy",      # audit and singling-out attack
     "utility",      # train-on-synthetic / test-on-real, fidelity, diversity
     "sweep",        # guidance sweep
+    "checks",       # thresholds the notebooks assert (trichotomy_lib.checks)
 )
 BUILTIN_PROFILES = ("smoke", "default", "paper")
 
@@ -148,3 +150,102 @@ def section(cfg: dict, name: str, defaults: dict) -> dict:
     if unknown:
         raise ConfigError(f"unknown key(s) in '{name}': {[f'{name}.{k}' for k in unknown]}; known: {sorted(defaults)}")
     return deep_merge(defaults, given)
+
+
+# ------------------------------------------------------------------------------ validation
+# Section name → fn(whole config) → the section with every default filled in and every value
+# checked. Registered by the module that owns the section (``register_section``); a section
+# nobody registered is passed through unchanged.
+_SECTION_VALIDATORS: dict = {}
+
+
+def register_section(name: str):
+    """Register ``fn(cfg) -> dict`` as the validator of top-level section ``name``.
+
+    A validator must be idempotent: ``fn({name: fn(cfg)})`` equals ``fn(cfg)``, because a
+    resolved config is itself a valid config (notebooks hand it on).
+    """
+
+    def register(fn):
+        _SECTION_VALIDATORS[name] = fn
+        return fn
+
+    return register
+
+
+def validate(cfg: dict) -> dict:
+    """The whole config, every registered section checked and completed with its defaults.
+
+    Called once when a ``Pipeline`` is built, so a bad value fails before any stage runs, with
+    a ``ConfigError`` naming the field; stages then read the resolved values (through a
+    ``ConfigView``) and never rebuild a section from part of it.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"a config must be a mapping of parameters, got {type(cfg).__name__}")
+    resolved = copy.deepcopy(cfg)
+    for name, fn in _SECTION_VALIDATORS.items():
+        try:
+            resolved[name] = fn(cfg)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as err:  # a section validator's own error: name the section
+            text = str(err)
+            raise ConfigError(text if text.startswith(f"{name}.") else f"{name}: {text}") from None
+    return resolved
+
+
+class UndeclaredConfigKey(ConfigError):
+    """A stage read a config key it did not declare (its cache key would not cover it)."""
+
+
+class ConfigView(Mapping):
+    """Read-only access to the keys a stage declared, and nothing else.
+
+    ``view["generate.filter.k"]`` or ``view["generate"]["filter"]["k"]``: a key is readable
+    when it is declared, lies under a declared key, or lies on the path to one (then it reads
+    as a narrower view). Anything else raises ``UndeclaredConfigKey`` naming the stage and
+    the key. A declared key missing from the config reads as None. Values are deep copies.
+    """
+
+    def __init__(self, data: dict, declared, owner: str, prefix: str = ""):
+        self._data, self._declared, self._owner, self._prefix = data, tuple(declared), owner, prefix
+
+    def _status(self, path: str) -> str:
+        if any(path == d or path.startswith(d + ".") for d in self._declared):
+            return "leaf"
+        if any(d.startswith(path + ".") for d in self._declared):
+            return "branch"
+        return "hidden"
+
+    def __getitem__(self, key: str):
+        parts = str(key).split(".")
+        data, prefix = self._data, self._prefix
+        for i, part in enumerate(parts):
+            path = f"{prefix}{part}"
+            status = self._status(path)
+            if status == "hidden":
+                raise UndeclaredConfigKey(f"stage {self._owner!r} read config key {path!r}, which it did not declare "
+                                          f"(declared: {list(self._declared)}); add it to the stage's keys")
+            data = data.get(part) if isinstance(data, dict) else None
+            if status == "leaf":  # everything below a declared key is readable: plain values from here
+                for rest in parts[i + 1:]:
+                    data = data.get(rest) if isinstance(data, dict) else None
+                return copy.deepcopy(data)
+            prefix = path + "."
+        return ConfigView(data if isinstance(data, dict) else {}, self._declared, self._owner, prefix)
+
+    def __iter__(self):
+        for key in self._data:
+            if self._status(f"{self._prefix}{key}") != "hidden":
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"ConfigView({self._owner!r}, {self._prefix or '<root>'}: {sorted(self)})"
+
+    def to_dict(self) -> dict:
+        """The readable part as a plain nested dict."""
+        return {k: (v.to_dict() if isinstance(v, ConfigView) else v) for k, v in ((k, self[k]) for k in self)}
+

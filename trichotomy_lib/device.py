@@ -31,8 +31,3 @@ def accelerator(mixed_precision: str = "no"):
 
     cpu = default_device().type == "cpu"
     return Accelerator(cpu=cpu, mixed_precision="no" if cpu else mixed_precision)
-
-
-def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch Generator on ``device`` seeded with ``seed`` (per-sample seeds live on top of this)."""
-    return torch.Generator(device=device).manual_seed(int(seed))

@@ -44,14 +44,19 @@ class Stage:
 
 @dataclass
 class StageContext:
-    """What a stage function receives."""
+    """What a stage function receives.
+
+    ``config`` is a ``ConfigView`` of the resolved config that raises on any key the stage did
+    not declare, and ``pipeline`` answers ``get`` only for the stage's upstream stages, so
+    everything a stage can read is covered by its cache key.
+    """
 
     name: str
-    cfg: dict  # the whole resolved config (read only the declared keys!)
-    params: dict  # {dotted key: value} for the declared keys
+    config: config_mod.ConfigView  # the declared keys of the resolved config, nothing else
+    params: dict  # {dotted key: resolved value} for the declared keys
     inputs: dict[str, Path]  # upstream stage name → its artifact directory
     out: Path  # the directory to write into (persistent across interruptions)
-    pipeline: "Pipeline" = field(repr=False)
+    pipeline: "UpstreamPipeline" = field(repr=False)
 
 
 STAGES: dict[str, Stage] = {}
@@ -103,7 +108,8 @@ class Pipeline:
     """Resolves stages for one config. ``Pipeline(cfg).get("reid_defender")`` → artifact dir."""
 
     def __init__(self, cfg: dict, run_dir: str | os.PathLike | None = None, verbose: bool = True):
-        self.cfg = cfg
+        _registry()  # the stage modules register their config sections' validators
+        self.cfg = config_mod.validate(cfg)  # the whole config, checked once, defaults filled in
         self.run_dir = Path(run_dir) if run_dir is not None else config_mod.run_dir(cfg)
         self.verbose = verbose
         self._keys: dict[str, str] = {}
@@ -158,7 +164,8 @@ class Pipeline:
             if self.verbose:
                 print(f"[pipeline] computing stage {name!r} → {final}", flush=True)
             start = time.perf_counter()
-            ctx = StageContext(name, self.cfg, self.params(name), inputs, partial, self)
+            view = config_mod.ConfigView(self.cfg, st.keys, name)
+            ctx = StageContext(name, view, self.params(name), inputs, partial, UpstreamPipeline(self, name, view))
             st.fn(ctx)
             atomic_write_json(
                 partial / "config.json",
@@ -176,6 +183,16 @@ class Pipeline:
             os.replace(partial, final)
         return final
 
+    def upstream(self, name: str) -> set[str]:
+        """Every stage ``name`` depends on, directly or through another stage."""
+        seen, todo = set(), list(self.stage(name).deps)
+        while todo:
+            dep = todo.pop()
+            if dep not in seen:
+                seen.add(dep)
+                todo.extend(self.stage(dep).deps)
+        return seen
+
     def seconds(self, name: str) -> float | None:
         """Wall time the cached stage took to compute (None if not cached)."""
         path = self.path(name) / "config.json"
@@ -186,3 +203,22 @@ class Pipeline:
         for path in (self.path(name), self.run_dir / f".{self.path(name).name}.partial"):
             if path.exists():
                 shutil.rmtree(path)
+
+
+class UpstreamPipeline:
+    """The pipeline as a running stage sees it: its config view and its upstream stages only.
+
+    Loaders written for notebooks (``load_splits(pipe)``, ...) work unchanged inside a stage;
+    asking for a stage that is not upstream, or reading an undeclared key, raises.
+    """
+
+    def __init__(self, pipe: Pipeline, name: str, view: config_mod.ConfigView):
+        self._pipe, self._name, self.cfg = pipe, name, view
+        self._allowed = pipe.upstream(name)
+        self.run_dir = pipe.run_dir
+
+    def get(self, name: str) -> Path:
+        if name not in self._allowed:
+            raise KeyError(f"stage {self._name!r} asked for stage {name!r}, which is not upstream of it "
+                           f"(deps: {sorted(self._pipe.stage(self._name).deps)}); add it to the stage's deps")
+        return self._pipe.get(name)

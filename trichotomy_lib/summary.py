@@ -26,6 +26,7 @@ import pandas as pd
 
 from . import config as config_mod
 from .io import atomic_write_text
+from .releases import RELEASES, label
 
 __all__ = ["START", "END", "replace_between_markers", "notebook_outputs", "stage_index", "artifact_index",
            "timings_table", "results_markdown", "readme_target", "write_readme_results"]
@@ -34,8 +35,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Stage module (trichotomy_lib/stages/<module>.py) → notebook number that presents its stages.
 STAGE_MODULE_NOTEBOOK = {"data": "00", "reid": "01", "classifier": "02", "encoder": "03", "diffusion": "04",
-                         "generate": "05", "privacy": "06", "utility": "07"}
-STAGE_NOTEBOOK = {"sweep": "08"}  # stages presented by another notebook than their module's
+                         "generate": "05", "privacy": "06", "utility": "07", "fidelity": "07", "sweep": "08"}
 
 # What the README shows, in order: (heading, table name in figures_dir, results notebook).
 README_TABLES = [
@@ -91,8 +91,8 @@ def notebook_outputs(notebooks_dir: Path | None = None) -> dict[str, str]:
     return out
 
 
-def _stage_notebook(name: str, module: str, names: dict[str, str]) -> str:
-    number = STAGE_NOTEBOOK.get(name) or STAGE_MODULE_NOTEBOOK.get(module.rsplit(".", 1)[-1])
+def _stage_notebook(module: str, names: dict[str, str]) -> str:
+    number = STAGE_MODULE_NOTEBOOK.get(module.rsplit(".", 1)[-1])
     return names.get(number, f"{number}_?") if number else "?"
 
 
@@ -106,7 +106,7 @@ def stage_index(cfg: dict, notebooks_dir: Path | None = None) -> pd.DataFrame:
     for name, st in _registry().items():
         path = pipe.path(name)
         conf = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-        rows.append({"stage": name, "notebook": _stage_notebook(name, st.fn.__module__, names),
+        rows.append({"stage": name, "notebook": _stage_notebook(st.fn.__module__, names),
                      "cached": bool(conf), "artifacts": f"{path.parent.name}/{path.name}",
                      "key": pipe.key(name), "seconds": conf.get("seconds")})
     return pd.DataFrame(rows).set_index("stage")
@@ -163,14 +163,11 @@ def _headline(res: dict) -> list[str]:
     rows, lines = u["rows"], []
     real = rows["real"]["auroc"]["mean"]
     lines.append(f"- Real-data classifier: mean AUROC **{100 * real:.1f}** on the real test split.")
-    labels = u.get("labels", {})
-    known = ["edm_class", "diadm_raw", "diadm_filter", "diadm_filter_2nd"]  # the main table's order
-    for name in [n for n in known if n in labels] + sorted(set(labels) - set(known)):
-        label = labels[name]
-        if name == "real" or name not in rows:
+    for name in RELEASES:  # the main table's order
+        if name not in rows:
             continue
         r = rows[name]
-        lines.append(f"- {label}: mean AUROC **{100 * r['auroc']['mean']:.1f}**, "
+        lines.append(f"- {label(name)}: mean AUROC **{100 * r['auroc']['mean']:.1f}**, "
                      f"Δ to real {r['diff_points']:+.1f} points (95% CI {r['diff_lo']:+.1f} to {r['diff_hi']:+.1f}).")
     return lines
 
@@ -224,10 +221,9 @@ def results_markdown(cfg: dict, base_dir: Path, notebooks_dir: Path | None = Non
 
 def readme_target(cfg: dict) -> Path:
     """Project README.md when ``utility.readme`` is true (default profile), else the run's copy."""
-    from .evaluation.utility import UTILITY_DEFAULTS
+    from .evaluation.utility import utility_config
 
-    u = config_mod.section(cfg, "utility", UTILITY_DEFAULTS)
-    if u["readme"]:
+    if utility_config(cfg)["readme"]:
         return config_mod.project_root() / "README.md"
     return config_mod.run_dir(cfg) / "README.md"
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+
+import numpy as np
 
 from .filelist import DataError, read_filelist
 from .imageset import ImageSet
@@ -69,16 +72,48 @@ def validate_data_cfg(data_cfg: dict | None) -> dict:
     return cfg
 
 
-def build_dataset(data_cfg: dict | None, data_root: str | Path | None = None, seed: int | None = None) -> dict[str, ImageSet]:
+def _split_cached(ds: ImageSet, cache: str, fractions, split_seed: int) -> dict[str, ImageSet]:
+    """``split_patients`` of a memory-mapped ImageSet without loading its images.
+
+    The split is computed on a stand-in whose names are row numbers (the split only reads
+    labels and patient ids); each split's rows are then copied batch by batch into
+    ``<cache>.<split>.<hash of its rows>.npy`` next to the cache and mapped read-only.
+    """
+    n = len(ds)
+    stand_in = ImageSet(np.zeros((n, 1, 1), np.uint8), ds.labels, ds.patient_ids, np.arange(n).astype(str))
+    from .image_cache import take_rows
+
+    out = {}
+    for name, part in split_patients(stand_in, fractions, split_seed).items():
+        rows = part.names.astype(np.int64)
+        tag = hashlib.sha256(rows.tobytes()).hexdigest()[:12]
+        images = take_rows(ds.images, rows, Path(cache).with_name(f"{Path(cache).stem}.{name}.{tag}.npy"))
+        out[name] = ImageSet(images, np.asarray(ds.labels)[rows], np.asarray(ds.patient_ids)[rows],
+                             np.asarray(ds.names)[rows])
+    return out
+
+
+def build_dataset(data_cfg: dict | None, data_root: str | Path | None = None, seed: int | None = None, *,
+                  cache_dir: str | Path | None = None, info: dict | None = None) -> dict[str, ImageSet]:
     """Build the dataset a profile describes and split it patient-disjointly.
 
     Args:
         data_cfg: the profile's ``data:`` section (keys and defaults: ``DEFAULT_DATA_CFG``).
         data_root: folder a file list's paths are relative to (required for ``source: filelist``).
         seed: the profile's seed, used for the phantom when ``data.seed`` is null (else 0).
+        cache_dir: file lists only: folder of the decoded-image cache (the pipeline passes its
+            run directory); default None = ``<data_root>/.trichotomy_cache`` (see
+            ``filelist.read_filelist``). The splits' images are then read-only memory maps
+            of files in that folder (the full cache plus one file per split).
+        info: optional dict; file lists only: filled with ``read_filelist``'s counts
+            (``rows``, ``dropped_no_label``, ``images``, ``cache``, ``cache_hit``, …) and
+            ``splits`` (images per split).
 
     Returns:
         ``{"train", "val", "test"}`` → ImageSet (train/val single-label, test multi-label too).
+
+    For a file list one line is printed: rows read, rows dropped for having none of the
+    8 findings (as in the paper), images kept, and the cache used.
     """
     cfg = validate_data_cfg(data_cfg)
     if cfg["source"] == "phantom":
@@ -91,11 +126,23 @@ def build_dataset(data_cfg: dict | None, data_root: str | Path | None = None, se
             params=cfg["phantom"] or None,
             progress=True,
         )
+        return split_patients(ds, cfg["split_fractions"], cfg["split_seed"])
+    if data_root is None:
+        raise DataError("data_root: required when data.source is 'filelist' (give --data-root)")
+    root = Path(data_root)
+    if not root.is_dir():
+        raise DataError(f"data_root: folder not found: {root}")
+    listing = root / cfg["filelist"]
+    stats: dict = {}
+    ds = read_filelist(listing, root, cfg["image_size"], cache_dir=cache_dir, info=stats)
+    where = (f"cache hit {stats['cache']}" if stats["cache_hit"] else f"cached to {stats['cache']}") \
+        if stats["cache"] else "not cached"
+    print(f"[data] {listing}: {stats['rows']} rows, {stats['dropped_no_label']} dropped with none of the "
+          f"8 findings, {stats['images']} images ({where})", flush=True)
+    if stats["cache"] and isinstance(ds.images, np.memmap):
+        splits = _split_cached(ds, stats["cache"], cfg["split_fractions"], cfg["split_seed"])
     else:
-        if data_root is None:
-            raise DataError("data_root: required when data.source is 'filelist' (give --data-root)")
-        root = Path(data_root)
-        if not root.is_dir():
-            raise DataError(f"data_root: folder not found: {root}")
-        ds = read_filelist(root / cfg["filelist"], root, cfg["image_size"])
-    return split_patients(ds, cfg["split_fractions"], cfg["split_seed"])
+        splits = split_patients(ds, cfg["split_fractions"], cfg["split_seed"])
+    if info is not None:
+        info.update(stats, splits={name: len(part) for name, part in splits.items()})
+    return splits

@@ -8,17 +8,27 @@ Two formats, chosen by the file suffix:
 * CSV: a header ``path,patient_id,<the 8 LABELS>``; the patient id is given explicitly (an
   empty cell falls back to parsing the path).
 
+Both are UTF-8 (a leading byte-order mark is accepted and ignored). Relpaths must stay
+inside the data root: absolute paths and paths whose ``..`` steps leave the root are
+refused (checked on the path text; symlinks the data holder placed inside the root are
+followed). Rows with none of the 8 findings are dropped and counted, as in the paper.
+Images may be PNG/JPEG/any Pillow format or DICOM (``.dcm``, optional extra ``dicom``).
+
 Every problem is a ``DataError`` naming the file and the line. Writes are atomic.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
 import io
 import os
+import posixpath
 import re
 import tempfile
-from pathlib import Path
+import warnings
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -59,54 +69,92 @@ def patient_id_from_path(path: str) -> str:
     )
 
 
-def _load_one(path: Path, image_size: int):
-    from PIL import Image
+def _require_dicom_support(rels, where) -> None:
+    """ImportError naming the ``dicom`` extra, at the first DICOM path, when pydicom is missing."""
+    from .dicom import is_dicom_path, require_pydicom
 
-    with Image.open(path) as im:
-        im = im.convert("L")
-        if im.size != (image_size, image_size):
-            # Downscaling: a box/area filter first (anti-aliasing), then Lanczos for the rest.
-            im = im.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-        return np.asarray(im, dtype=np.uint8)
+    for rel, at in zip(rels, where if where is not None else [""] * len(rels)):
+        if is_dicom_path(rel):
+            require_pydicom(at)
+            return
 
 
-def load_images(paths, image_size: int, progress: bool = True, where=None) -> np.ndarray:
-    """Load image files as grayscale uint8 (N, image_size, image_size).
+def load_images(paths, image_size: int, progress: bool = True, where=None, *, min_side: int | None = None,
+                workers: int | None = None, backend: str = "thread") -> np.ndarray:
+    """Load image files as grayscale uint8 (N, image_size, image_size), in memory, in parallel.
 
-    PNG/JPEG/any Pillow format; colour is converted to luminance, non-square images are
-    squashed to a square (chest X-ray datasets are near square). ``where[i]`` (optional) is
-    the ``"file:line"`` to blame in the error for ``paths[i]``.
+    PNG/JPEG/any Pillow format, or DICOM (``.dcm``: windowed, MONOCHROME1 inverted; needs the
+    ``dicom`` extra); colour is converted to luminance, non-square images are squashed to a
+    square (chest X-ray datasets are near square). ``where[i]`` (optional) is the
+    ``"file:line"`` to blame in the error for ``paths[i]``.
+
+    Args:
+        min_side: refuse source images whose shorter side is smaller; default
+            ``image_cache.min_image_side(image_size)`` = image_size / 2 (at most 2x upscaling).
+        workers: parallel decoders (default: the usable CPUs, at most 32; 1 = serial).
+        backend: ``"thread"`` (default; Pillow decodes without the GIL) or ``"process"``.
+
+    For lists too large for memory use ``read_filelist`` (memory-mapped cache).
     """
-    paths = [Path(p) for p in paths]
-    out = np.empty((len(paths), image_size, image_size), dtype=np.uint8)
-    it = enumerate(paths)
-    if progress and len(paths) > 200:
-        from tqdm.auto import tqdm
+    from .image_cache import decode_images
 
-        it = tqdm(it, total=len(paths), desc="loading images", unit="img")
-    for i, path in it:
-        at = f"{where[i]}: " if where is not None else ""
-        if not path.is_file():
-            raise DataError(f"{at}image file not found: {path}")
-        try:
-            out[i] = _load_one(path, image_size)
-        except Exception as err:  # Pillow raises several types for corrupt/unknown files
-            raise DataError(f"{at}cannot read image {path}: {err}") from err
-    return out
+    paths = [str(p) for p in paths]
+    _require_dicom_support(paths, where)
+    return decode_images(paths, image_size, where=where, min_side=min_side, workers=workers, backend=backend,
+                         progress=progress)
 
 
-def _parse_labels(values, where: str) -> np.ndarray:
+def _parse_labels(values, where: str, text_format: bool = False) -> np.ndarray:
     if len(values) != N_LABELS:
-        raise DataError(f"{where}: expected {N_LABELS} labels ({', '.join(LABELS)}), got {len(values)}")
+        hint = " (a path containing whitespace needs the CSV format)" if text_format and len(values) > N_LABELS else ""
+        raise DataError(f"{where}: expected {N_LABELS} labels ({', '.join(LABELS)}), got {len(values)}{hint}")
     bad = [v for v in values if v.strip() not in ("0", "1")]
     if bad:
         raise DataError(f"{where}: labels must be 0 or 1, got {bad[0]!r}")
     return np.array([int(v) for v in values], dtype=np.uint8)
 
 
-def _read_rows(path: Path):
+def _decode_text(data: bytes, path: Path) -> str:
+    """UTF-8 bytes → text; a leading byte-order mark is dropped; bad bytes name line and offset."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path}:1: the file list is UTF-16 encoded (byte-order mark {data[:2].hex()}); "
+                        "save it as UTF-8")
+    base = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    body = data[base:]
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        pos = err.start
+        # The text before the bad byte is valid; split it the way the reader splits lines.
+        lines = (body[:pos].decode("utf-8") + "x").splitlines()
+        column = len(lines[-1][:-1].encode("utf-8"))
+        raise DataError(
+            f"{path}:{len(lines)}: not valid UTF-8: byte 0x{body[pos]:02x} at byte {column} of the line "
+            f"(byte offset {pos + base} of the file); save the list as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def _check_relpath(rel: str, where: str) -> str:
+    """Refuse empty, absolute and root-escaping paths; return the normalised relpath.
+
+    The check is on the path text: ``posixpath.normpath`` must not start with ``..``
+    (backslashes count as separators here, so Windows-style escapes are caught too).
+    """
+    if not rel:
+        raise DataError(f"{where}: empty image path")
+    if "\x00" in rel:
+        raise DataError(f"{where}: image path {rel!r} contains a NUL character")
+    if rel.startswith(("/", "\\")) or PureWindowsPath(rel).drive or os.path.isabs(rel):
+        raise DataError(f"{where}: absolute image path {rel!r} refused; paths must be relative to the data root")
+    escape = posixpath.normpath(rel.replace("\\", "/"))
+    if escape == ".." or escape.startswith("../"):
+        raise DataError(f"{where}: image path {rel!r} leads outside the data root (normalised: {escape!r}); "
+                        "paths must stay inside the data root")
+    return posixpath.normpath(rel)
+
+
+def _read_rows(path: Path, text: str):
     """Yield (line number, relpath, patient id or None, labels) for every record."""
-    text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".csv":
         reader = csv.reader(io.StringIO(text))
         header = next(reader, None)
@@ -127,26 +175,73 @@ def _read_rows(path: Path):
             if not s or s.startswith("#"):
                 continue
             parts = s.split()
-            yield line, parts[0], None, _parse_labels(parts[1:], f"{path}:{line}")
+            yield line, parts[0], None, _parse_labels(parts[1:], f"{path}:{line}", text_format=True)
 
 
-def read_filelist(path, data_root, image_size: int, progress: bool = True) -> ImageSet:
-    """Read a file list and its images into an ImageSet (names = the relpaths).
+def _default_cache_dir(data_root: Path) -> Path | None:
+    """``<data_root>/.trichotomy_cache`` if it can be created and written, else None."""
+    from .image_cache import CACHE_DIRNAME
+
+    folder = data_root / CACHE_DIRNAME
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
+def read_filelist(path, data_root, image_size: int, progress: bool = True, *, cache_dir=None, cache: bool = True,
+                  min_side: int | None = None, drop_unlabelled: bool = True, workers: int | None = None,
+                  backend: str = "thread", check_files: bool = True, info: dict | None = None) -> ImageSet:
+    """Read a file list and its images into an ImageSet (names = the relpaths as written).
 
     Args:
-        path: the list (``.csv`` → CSV format, anything else → ``<relpath> <8 labels>`` lines).
-        data_root: folder the relpaths are relative to.
+        path: the list (``.csv`` → CSV format, anything else → ``<relpath> <8 labels>`` lines),
+            UTF-8 (a byte-order mark is ignored).
+        data_root: folder the relpaths are relative to; no path may leave it.
         image_size: side of the loaded square images (e.g. 32..512).
+        progress: tqdm bars for long decodes (default True).
+        cache_dir: folder of the decoded-image cache (see ``image_cache``); the pipeline passes
+            its run directory. Default None = ``<data_root>/.trichotomy_cache``; when that
+            cannot be written (a read-only dataset mount) the images are decoded into memory
+            with a warning.
+        cache: False decodes into memory and writes nothing (default True: the images of the
+            returned ImageSet are a read-only memory map of the cache, decoded once, in parallel).
+        min_side: minimum shorter side of a source image in pixels; default
+            ``image_cache.min_image_side(image_size)`` = ceil(image_size / 2), i.e. at most 2x
+            upscaling (the docstring there says why); 1 accepts every size.
+        drop_unlabelled: drop rows whose 8 labels are all 0 (default True, as the paper does:
+            images with none of the 8 findings are not used); the count goes into ``info``.
+        workers: parallel decoders (default: the usable CPUs, at most 32; 1 = serial).
+        backend: ``"thread"`` (default) or ``"process"`` pool.
+        check_files: cache hits also compare each image file's size and mtime (default True).
+        info: optional dict, filled with ``rows`` (records in the list), ``dropped_no_label``,
+            ``images`` (rows kept), ``min_side``, ``cache`` (the cache file or None),
+            ``cache_hit`` and ``resumed_rows``.
+
+    Raises ``DataError`` naming file and line for every bad record or image, and
+    ``ImportError`` naming the ``dicom`` extra for a ``.dcm`` path without pydicom.
     """
+    from .image_cache import cache_key, cached_decode, decode_images, min_image_side
+
     path, data_root = Path(path), Path(data_root)
     if not path.is_file():
         raise DataError(f"file list not found: {path}")
+    raw = path.read_bytes()
+    text = _decode_text(raw, path)
+    min_side = min_image_side(image_size) if min_side is None else int(min_side)
     rels, pids, labels, where, seen = [], [], [], [], {}
-    for line, rel, pid, lab in _read_rows(path):
+    n_rows = n_dropped = 0
+    for line, rel, pid, lab in _read_rows(path, text):
         at = f"{path}:{line}"
-        if rel in seen:
-            raise DataError(f"{at}: duplicate path {rel!r} (first on line {seen[rel]})")
-        seen[rel] = line
+        n_rows += 1
+        norm = _check_relpath(rel, at)
+        if norm in seen:
+            raise DataError(f"{at}: duplicate path {rel!r} (first on line {seen[norm]})")
+        seen[norm] = line
+        if drop_unlabelled and not lab.any():
+            n_dropped += 1
+            continue
         if pid is None:
             try:
                 pid = patient_id_from_path(rel)
@@ -157,8 +252,38 @@ def read_filelist(path, data_root, image_size: int, progress: bool = True) -> Im
         labels.append(lab)
         where.append(at)
     if not rels:
+        if n_dropped:
+            raise DataError(f"{path}: none of the {n_rows} rows has any of the {N_LABELS} findings "
+                            f"({', '.join(LABELS)}); rows with all labels 0 are dropped")
         raise DataError(f"{path}: the file list has no images")
-    images = load_images([data_root / r for r in rels], image_size, progress=progress, where=where)
+    _require_dicom_support(rels, where)
+    files = [str(data_root / posixpath.normpath(r)) for r in rels]
+
+    stats = {"rows": n_rows, "dropped_no_label": n_dropped, "images": len(rels), "min_side": min_side,
+             "cache": None, "cache_hit": False, "resumed_rows": 0}
+    folder = None
+    if cache:
+        if cache_dir is None:
+            folder = _default_cache_dir(data_root)
+            if folder is None:
+                warnings.warn(f"{data_root}: cannot write the image cache {data_root / '.trichotomy_cache'}; "
+                              "decoding into memory (pass cache_dir= to cache elsewhere)", stacklevel=2)
+        else:
+            folder = Path(cache_dir)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise DataError(f"cache_dir: cannot create {folder}: {err}") from None
+    if folder is not None:
+        key = cache_key(filelist_sha256=hashlib.sha256(raw).hexdigest(), data_root=data_root,
+                        image_size=image_size, names=rels, min_side=min_side)
+        images = cached_decode(files, image_size, folder, key, where=where, min_side=min_side, workers=workers,
+                               backend=backend, check_files=check_files, progress=progress, info=stats)
+    else:
+        images = decode_images(files, image_size, where=where, min_side=min_side, workers=workers, backend=backend,
+                               progress=progress)
+    if info is not None:
+        info.update(stats)
     return ImageSet(images=images, labels=np.stack(labels), patient_ids=np.array(pids), names=np.array(rels))
 
 

@@ -7,17 +7,17 @@ they follow from the conditioning mode of each model (stage ``diffusion``).
 Why these shapes (measurements in notebook 04 and ``benchmarks/denoiser.py``, 2 CPU cores):
 * ``default`` (32 px, CPU): fold 2×2 pixels into channels first, levels at 16/8/4 px with
   (32, 64, 128) channels, attention only at 4×4 and in the middle: 0.15 GFLOP per sample
-  forward, 2.6 M parameters — vs 0.51 GFLOP and 1.1 M for the diffusers UNet2DModel
-  (32, 64, 64) of the issue, which spends its FLOPs (and its memory-bound GroupNorm/SiLU/
+  forward, 2.6 M parameters — vs 0.51 GFLOP and 1.1 M for a diffusers UNet2DModel
+  (32, 64, 64), which spends its FLOPs (and its memory-bound GroupNorm/SiLU/
   attention time) at 32×32. Without the patch folding the same network costs 0.60 GFLOP;
   (64, 128, 128) costs 0.39, two blocks per level 0.23. Both measured networks reach ~50% of
   a 2048² fp32 matmul's FLOP/s in a training step, so FLOPs translate into time.
   Batch 32 × 3000 steps (~100 passes over the 970 training images): ~6.5 min on 2 idle cores.
-  Why 3000 and not the 900 of earlier versions: at 900 steps a pseudo-conditional sample's
-  source ranks ~24th of 970 in the encoder's space and the auditor re-identifies it as often as
-  a random image (10 %); at 3000 the source ranks first for 56 % and the auditor links 35 %
-  (w = 1.4, 300 sources) — the identity leak the paper's filter exists for, and a better
-  generator for the utility table.
+  The budget matters for the method: at 900 steps a pseudo-conditional sample's source ranks
+  ~24th of 970 in the encoder's space and the auditor re-identifies it as often as a random
+  image (10 %); at 3000 the source ranks first for 56 % and the auditor links 35 % (w = 1.4,
+  300 sources) — the identity leak the paper's filter exists for, and a better generator for
+  the utility table.
 * ``paper`` (4×64×64 SD-VAE latents, GPU): about EDM2-XS width (128·[1, 2, 3, 4]), 3 blocks
   per level, attention at 16×16 and 8×8, no patch folding; the paper's P_mean/P_std, Adam
   betas and ~84 M training images. Learning rate 1e-4: EDM2's 1.2e-2 belongs to its

@@ -3,7 +3,7 @@
 Determinism and resume: every random draw of the loop (which images, σ, noise, which
 conditions are dropped) comes from one CPU ``torch.Generator`` seeded with ``seed``; its state,
 the global torch RNG state, the weights, the EMA, the optimizer state and the loss log go into
-each checkpoint (safetensors for tensors, JSON for the rest — no pickle). A run killed after a
+each checkpoint (one safetensors file, ``trichotomy_lib.checkpoint`` — no pickle). A run killed after a
 checkpoint and resumed therefore ends with bit-identical weights to an uninterrupted run (on the
 same device and software; tested on CPU).
 
@@ -15,16 +15,14 @@ order) does not depend on the number of processes.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..checkpoint import load_training_state, save_training_state
 from ..device import accelerator as get_accelerator
 from ..io import atomic_path, atomic_write_json
 from .edm import edm_loss, sample_sigma
@@ -84,68 +82,16 @@ def learning_rate(step: int, hp: dict) -> float:
 
 
 # ------------------------------------------------------------------------------ checkpoints
-def _flatten_optimizer(state: dict) -> tuple[dict, dict]:
-    tensors, scalars = {}, {}
-    for idx, entry in state["state"].items():
-        for name, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{name}"] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
-    return tensors, {"scalars": scalars, "param_groups": groups}
+TRAINING_STATE_FILE = "training_state.safetensors"  # inside ``out_dir/checkpoints/``
 
 
-def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    state: dict = {}
-    for key, value in [*tensors.items(), *meta["scalars"].items()]:
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def _state_tensors(module: torch.nn.Module) -> dict:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-
-
-def save_checkpoint(ckpt_root: Path, step: int, net, ema, guide, opt, gen: torch.Generator, log: dict, keep: int = 1) -> Path:
-    """Write ``ckpt_root/step-XXXXXXX/`` completely, then point ``latest.json`` at it (atomic rename);
-    a crash at any moment leaves the previous checkpoint intact."""
-    name = f"step-{step:07d}"
-    tmp = ckpt_root / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(_state_tensors(net), tmp / "net.safetensors")
-    save_file(_state_tensors(ema), tmp / "ema.safetensors")
-    if guide is not None:
-        save_file(_state_tensors(guide), tmp / "guide.safetensors")
-    opt_tensors, opt_meta = _flatten_optimizer(opt.state_dict())
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    save_file({"generator": gen.get_state(), "torch_cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
-    atomic_write_json(tmp / "state.json", {"step": step, "optimizer": opt_meta, "log": log, "has_guide": guide is not None})
-    final = ckpt_root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write_json(ckpt_root / "latest.json", {"step": step, "dir": name})
-    old = sorted(p for p in ckpt_root.glob("step-*") if p.name != name)
-    for path in old[: max(len(old) - (keep - 1), 0)]:
-        shutil.rmtree(path)
-    return final
-
-
-def load_checkpoint(ckpt_root: Path):
-    """(step, directory, state.json dict) of the latest checkpoint, or None if there is none."""
-    pointer = ckpt_root / "latest.json"
-    if not pointer.exists():
-        return None
-    info = json.loads(pointer.read_text())
-    directory = ckpt_root / info["dir"]
-    if not (directory / "state.json").exists():
-        raise FileNotFoundError(f"{pointer} points at {directory}, which is incomplete; delete {ckpt_root} to restart")
-    return info["step"], directory, json.loads((directory / "state.json").read_text())
+def _save_training_state(ckpt_root: Path, step: int, net, ema, guide, opt, gen: torch.Generator, log: dict) -> Path:
+    """The whole training state after ``step`` → ``ckpt_root/TRAINING_STATE_FILE`` (atomic; see
+    ``trichotomy_lib.checkpoint``): weights, EMA, guide, Adam, the loop's and the global torch RNG."""
+    modules = {"net": net, "ema": ema} | ({"guide": guide} if guide is not None else {})
+    return save_training_state(ckpt_root / TRAINING_STATE_FILE, modules=modules, optimizers={"adam": opt},
+                               generators={"loop": gen, "torch_global": torch.default_generator},
+                               meta={"step": step, "log": log})
 
 
 def write_log(out_dir: Path, log: dict) -> None:
@@ -221,21 +167,17 @@ def train_denoiser(
     log = {"step": [], "images": [], "lr": [], "loss": []}
     start = 0
 
-    resumed = load_checkpoint(ckpt_root)
-    if resumed is not None:
-        start, directory, state = resumed
-        net.load_state_dict(load_file(directory / "net.safetensors"))
-        ema.load_state_dict(load_file(directory / "ema.safetensors"))
-        if state["has_guide"]:
+    resumed = None
+    if (ckpt_root / TRAINING_STATE_FILE).exists():
+        resumed = load_training_state(ckpt_root / TRAINING_STATE_FILE, modules={"net": net, "ema": ema},
+                                      generators={"loop": gen, "torch_global": torch.default_generator})
+        if resumed.has("modules", "guide"):
             guide = make_ema(net)
-            guide.load_state_dict(load_file(directory / "guide.safetensors"))
-        rng = load_file(directory / "rng.safetensors")
-        gen.set_state(rng["generator"])
-        torch.set_rng_state(rng["torch_cpu"])
-        log = state["log"]
+            resumed.load_module("guide", guide)
+        start, log = resumed.meta["step"], resumed.meta["log"]
     model, opt = acc.prepare(net, opt)
-    if resumed is not None:
-        opt.load_state_dict(_unflatten_optimizer(load_file(directory / "optimizer.safetensors"), state["optimizer"]))
+    if resumed is not None:  # into the prepared optimizer, whose parameters are on the device
+        resumed.load_optimizer("adam", opt)
     raw = acc.unwrap_model(model)
     ema.to(acc.device)
     if guide is not None:
@@ -290,7 +232,7 @@ def train_denoiser(
         if (step + 1) % hp["checkpoint_every"] == 0 or step + 1 == end:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                save_checkpoint(ckpt_root, step + 1, raw, ema, guide, opt, gen, log)
+                _save_training_state(ckpt_root, step + 1, raw, ema, guide, opt, gen, log)
                 write_log(out_dir, log)
             acc.wait_for_everyone()
     bar.close()

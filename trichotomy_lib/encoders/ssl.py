@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from .. import seeds
 
 # Hyperparameters (EDM2 style: a preset is a plain dict; the stage section overrides keys).
 SSL_DEFAULTS: dict = {
@@ -53,12 +54,6 @@ SSL_DEFAULTS: dict = {
         "collimate": 0.10,      # max blacked-out border per edge, fraction of the width
     },
 }
-
-
-def derive_seed(seed: int, stream: str) -> int:
-    """An independent 63-bit seed for one named random stream, derived from the profile's seed."""
-    words = [int(seed)] + [ord(c) for c in stream]
-    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 # --------------------------------------------------------------------------- network
@@ -200,7 +195,7 @@ def train_ssl(images: torch.Tensor, hp: dict, seed: int, device=None, checkpoint
     Returns:
         the trained net (eval mode, on ``device``) and the per-step losses (list of float).
     """
-    from ..device import default_device, seeded_generator
+    from ..device import default_device
     from .base import check_images
 
     hp = {**SSL_DEFAULTS, **hp, "augment": check_augment(hp.get("augment") or {})}
@@ -212,12 +207,12 @@ def train_ssl(images: torch.Tensor, hp: dict, seed: int, device=None, checkpoint
             raise ValueError(f"encoder.{key} must be >= 1, got {hp[key]}")
     device = torch.device(device) if device is not None else default_device()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "encoder.init"))
+        torch.manual_seed(seeds.derive(seed, "encoder", "init"))
         net = build_net(hp, images.shape[-1])
     net = net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    batch_gen = seeded_generator(derive_seed(seed, "encoder.batches"), "cpu")
-    view_gen = seeded_generator(derive_seed(seed, "encoder.views"), device)
+    batch_gen = seeds.torch_generator(seed, "encoder", "batches")
+    view_gen = seeds.torch_generator(seed, "encoder", "views", device=device)
     losses: list[float] = []
     start = 0
     if checkpoint is not None and checkpoint.exists():

@@ -1,4 +1,4 @@
-"""Saving and loading encoders and resumable training checkpoints — safetensors + JSON only.
+"""Saving and loading encoders, and the resumable state of their training — safetensors + JSON only.
 
 An encoder directory holds ``encoder.json`` (kind, hyperparameters, image size, dim) and, for
 the self-supervised encoder, ``encoder.safetensors``. A backbone encoder records the path and
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..checkpoint import load_training_state, remove_training_state, save_training_state
 from ..io import atomic_path, atomic_write_json
 from .base import Encoder
 
@@ -63,10 +64,10 @@ def load_encoder_dir(directory: str | os.PathLike, device=None) -> Encoder:
 
 
 class Checkpoint:
-    """Resumable training state in one safetensors file: net, optimiser, RNGs, losses.
+    """The resumable state of ``ssl.train_ssl`` at one path: net, optimiser, RNGs, step and losses.
 
-    Optimiser tensors go in as ``opt.<param index>.<name>``; its param groups and the loss
-    history go in the metadata as JSON. Nothing is pickled.
+    A thin handle on ``trichotomy_lib.checkpoint`` (one safetensors file, nothing pickled):
+    ``save``/``load`` take the generators in a fixed order, stored as ``rng.0``, ``rng.1``, ...
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -76,33 +77,15 @@ class Checkpoint:
         return self.path.exists()
 
     def save(self, step: int, losses: list[float], net, opt, *generators: torch.Generator) -> None:
-        tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
-        state = opt.state_dict()
-        for index, slots in state["state"].items():
-            for name, value in slots.items():
-                tensors[f"opt.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-        for i, gen in enumerate(generators):
-            tensors[f"rng.{i}"] = gen.get_state()
-        meta = {"step": str(step), "losses": json.dumps(losses), "param_groups": json.dumps(state["param_groups"])}
-        save_tensors(tensors, self.path, metadata=meta)
+        save_training_state(self.path, modules={"net": net}, optimizers={"opt": opt},
+                            generators={f"rng.{i}": g for i, g in enumerate(generators)},
+                            meta={"step": int(step), "losses": list(losses)})
 
     def load(self, net, opt, *generators: torch.Generator) -> tuple[int, list[float]]:
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        opt_state: dict = {}
-        for key, value in tensors.items():
-            if key.startswith("opt."):
-                _, index, name = key.split(".", 2)
-                opt_state.setdefault(int(index), {})[name] = value
-        opt.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
-        for i, gen in enumerate(generators):
-            gen.set_state(tensors[f"rng.{i}"])
-        return int(meta["step"]), json.loads(meta["losses"])
+        """Restore ``net``, ``opt`` and ``generators`` in place; returns ``(step, losses)``."""
+        state = load_training_state(self.path, modules={"net": net}, optimizers={"opt": opt},
+                                    generators={f"rng.{i}": g for i, g in enumerate(generators)})
+        return int(state.meta["step"]), list(state.meta["losses"])
 
     def remove(self) -> None:
-        if self.path.exists():
-            self.path.unlink()
+        remove_training_state(self.path)

@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 
 from .. import config as config_mod
+from ..releases import GENERATED as RELEASES
 from ..data.imageset import LABELS, N_LABELS, ImageSet
 from .classifier import Classifier, classifier_config, fit_classifier
 from .stats import auroc_difference_ci, auroc_table
 
 UTILITY_DEFAULTS: dict = {
-    # Releases with a row in the main table (stages/generate.py RELEASES), in display order.
+    # Releases with a row in the main table (``releases.RELEASES``), in display order.
     "releases": ["edm_class", "diadm_raw", "diadm_filter", "diadm_filter_2nd"],
     # Overrides of the `classifier` section for EVERY classifier this step trains — the real row
     # included (retrained then, instead of reusing stage `classifier`), so the comparison stays
@@ -55,8 +56,6 @@ def utility_config(cfg: dict) -> dict:
     given = cfg.get("utility") or {}
     if "cross_site" in given:  # a profile's dataset mapping replaces the default one (not merged into it)
         u["cross_site"] = given["cross_site"] or {}
-    from ..stages.generate import RELEASES  # the releases the generate stages can produce
-
     if not isinstance(u["releases"], (list, tuple)) or not all(r in RELEASES for r in u["releases"]):
         raise config_mod.ConfigError(f"utility.releases={u['releases']!r}: each must be one of {list(RELEASES)}")
     if len(set(u["releases"])) != len(u["releases"]):

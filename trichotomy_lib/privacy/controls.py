@@ -27,7 +27,7 @@ import numpy as np
 from ..data.build import validate_data_cfg
 from ..data.imageset import ImageSet
 from ..data.phantom import generate_phantom
-from .reid_train import derive_seed
+from .. import seeds
 
 __all__ = ["control_population", "filelist_populations", "positive_control_release",
            "negative_control_release", "prefix_ids", "single_label"]
@@ -58,7 +58,7 @@ def control_population(data_cfg: dict | None, n_patients: int, seed: int, stream
         data_cfg: the profile's ``data`` section (validated with ``validate_data_cfg``); must
             be ``source: phantom`` (file-list data: use ``filelist_populations``).
         n_patients: patients wanted (>= 1); normally the number of training patients.
-        seed: the profile's seed. The phantom seed is ``derive_seed(base, "privacy", stream)``
+        seed: the profile's seed. The phantom seed is ``seeds.derive(base, "privacy", stream)``
             with ``base`` = ``data.seed`` if set, else ``seed`` — a different stream from the
             training data's (which uses ``base`` itself), so no patient is shared.
         stream: name of the seed stream (default "control"; e.g. "weight" for the
@@ -75,7 +75,7 @@ def control_population(data_cfg: dict | None, n_patients: int, seed: int, stream
     if not (isinstance(n_patients, (int, np.integer)) and n_patients >= 1):
         raise ValueError(f"n_patients must be a positive integer, got {n_patients!r}")
     base = cfg["seed"] if cfg["seed"] is not None else seed
-    phantom_seed = derive_seed(base, "privacy", stream)
+    phantom_seed = seeds.derive(base, "privacy", stream)
     parts, have, first = [], 0, 0
     while have < n_patients:
         want = n_patients - have
@@ -100,7 +100,7 @@ def filelist_populations(val: ImageSet, test: ImageSet, seed: int,
 
     Returns ``{"control", "weight", "negative"}`` (patient-disjoint, fractions of the
     patients given by ``fractions``, default 0.5 / 0.25 / 0.25, seeded by
-    ``derive_seed(seed, "privacy", "filelist")``). Only single-label images are kept in
+    ``seeds.derive(seed, "privacy", "filelist")``). Only single-label images are kept in
     "control" and "weight" (train-like); "negative" keeps everything (it is a release).
     Much smaller than the training population: ``pso.evaluate_pso`` then plays the attack on
     an equally sized subsample of training patients.
@@ -114,7 +114,7 @@ def filelist_populations(val: ImageSet, test: ImageSet, seed: int,
     if len(patients) < 3:
         raise ValueError(f"val + test hold {len(patients)} patient(s); need at least 3 for control, "
                          "weight and negative-control populations")
-    perm = np.random.default_rng(derive_seed(seed, "privacy", "filelist")).permutation(patients)
+    perm = seeds.rng(seed, "privacy", "filelist").permutation(patients)
     cuts = np.round(np.cumsum(fr)[:2] * len(perm)).astype(int)
     cuts = np.clip(cuts, [1, 2], [len(perm) - 2, len(perm) - 1])
     groups = np.split(perm, cuts)

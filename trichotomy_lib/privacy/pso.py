@@ -54,7 +54,7 @@ from ..config import section
 from ..data.imageset import ImageSet
 from ..evaluation.stats import cohen_nissim_isolation_probability, singling_out_risk, wilson_interval
 from .audit import EmbeddingCache, nn_summary, pixel_nn_distances, reid_audit
-from .reid_train import derive_seed
+from .. import seeds
 
 __all__ = ["PRIVACY_DEFAULTS", "PREDICATES", "privacy_config", "Population", "patient_scores",
            "calibrate_threshold", "count_matches", "evaluate_pso", "evaluate_release"]
@@ -221,7 +221,7 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
     attack/control successes and rates, risk with CI and warning (``singling_out_risk``),
     mean number of matched patients in train and control, correct isolation rate.
     """
-    rng = np.random.default_rng(derive_seed(seed, "privacy", "pso"))
+    rng = seeds.rng(seed, "privacy", "pso")
     src = None if pred_source_patients is None else np.asarray(pred_source_patients).astype(str)
     keep = np.ones(len(pred_emb), dtype=bool)
     n = min(train.n, control.n)
@@ -312,7 +312,7 @@ def evaluate_release(release: ImageSet, source_index, train: ImageSet, control: 
     row.update(nn_summary(dist, ref, p["nn_quantile"], p["level"]))
     # predicates: a seeded subsample of the released images
     n_att = len(release) if p["n_attacks"] is None else min(p["n_attacks"], len(release))
-    pick = np.sort(np.random.default_rng(derive_seed(seed, "privacy", "attacks", name))
+    pick = np.sort(seeds.rng(seed, "privacy", "attacks", name)
                    .choice(len(release), n_att, replace=False))
     pred_emb = embed(release)[torch.from_numpy(pick)]
     src_pids = None

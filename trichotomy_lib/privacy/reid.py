@@ -33,7 +33,6 @@ from .reid_train import (  # noqa: F401
     TRAIN_KEYS,
     Pairs,
     augment,
-    derive_seed,
     sample_pairs,
     split_patients,
     train_verifier,

@@ -4,14 +4,12 @@ Pairs (Packhäuser et al. 2022; paper code): within one split, every same-patien
 (capped per patient) plus as many random different-patient pairs — a balanced set. The
 loss is BCE on the verifier's logit w·|e1 − e2| + b; the epoch with the best validation
 pair AUROC is kept. Deterministic given the seed: initialisation, the per-epoch shuffles and
-augmentations come from generators seeded with ``derive_seed(seed, ...)``, so a run resumed
+augmentations come from generators seeded with ``seeds.derive(seed, ...)``, so a run resumed
 from its checkpoint continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from .. import seeds
 from ..data.imageset import ImageSet
-from ..device import default_device, seeded_generator
-from ..io import atomic_path, atomic_write_json
+from ..device import default_device
+from ..checkpoint import load_training_state, remove_training_state, save_training_state
 from .reid_model import MODEL_DEFAULTS, Verifier
 
 # The profile section ``reid`` (plain dict; ``config.section`` rejects unknown keys).
@@ -59,11 +58,8 @@ REID_DEFAULTS: dict = {
 # Config keys that change what training produces (the stages hash exactly these).
 TRAIN_KEYS: tuple[str, ...] = tuple(k for k in REID_DEFAULTS if k != "n_boot")
 
-
-def derive_seed(seed: int, *tags) -> int:
-    """A 32-bit seed derived from the profile seed and tags, e.g. ``derive_seed(42, "reid", "auditor")``."""
-    blob = json.dumps([int(seed), *map(str, tags)]).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little")
+# The resume state inside ``train_verifier(checkpoint_dir=...)``: model, best weights, Adam, history.
+TRAINING_STATE_FILE = "training_state.safetensors"
 
 
 # ------------------------------------------------------------------------------- pairs
@@ -175,37 +171,6 @@ def augment(x: torch.Tensor, params: dict, generator: torch.Generator) -> torch.
     return x
 
 
-# ---------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, model: Verifier, opt: torch.optim.Optimizer, best_state: dict, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors |= {f"best.{k}": v.detach().cpu().contiguous() for k, v in best_state.items()}
-    opt_state = opt.state_dict()
-    for i, st in opt_state["state"].items():
-        for name, value in st.items():
-            tensors[f"opt.{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    with atomic_path(path.with_suffix(".safetensors")) as tmp:
-        save_file(tensors, str(tmp))
-    atomic_write_json(path.with_suffix(".json"), {**meta, "param_groups": opt_state["param_groups"]})
-
-
-def _load_checkpoint(path: Path, model: Verifier, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path.with_suffix(".safetensors")))
-    meta = json.loads(path.with_suffix(".json").read_text())
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    state: dict = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return best, meta
-
-
 # ----------------------------------------------------------------------------- training
 def pair_auroc(model: Verifier, images: ImageSet, pairs: Pairs, batch_size: int = 256) -> float:
     """AUROC of the verifier's logits on ``pairs`` of ``images`` (embedding once per image)."""
@@ -223,9 +188,11 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
         train, val: ImageSets (patient-disjoint). params: the ``reid`` section (``REID_DEFAULTS``
             merged with the profile). seed: this verifier's seed (init, shuffles, augmentation).
         pairs: training pairs of ``train`` (default: ``sample_pairs`` with
-            ``derive_seed(seed, "pairs")`` and ``max_pos_per_patient``).
-        val_pairs: pairs of ``val`` (default: ``sample_pairs`` with ``derive_seed(seed, "val_pairs")``).
-        checkpoint_dir: where a per-epoch checkpoint goes; an existing one is resumed.
+            ``seeds.derive(seed, "pairs")`` and ``max_pos_per_patient``).
+        val_pairs: pairs of ``val`` (default: ``sample_pairs`` with ``seeds.derive(seed, "val_pairs")``).
+        checkpoint_dir: where the training state goes after every epoch (``TRAINING_STATE_FILE``,
+            see ``trichotomy_lib.checkpoint``); an existing one is resumed, and it is removed
+            once training ends.
 
     Returns ``(model in eval mode with the best epoch's weights, history)``; history holds
     per-epoch ``loss``, ``val_auroc``, ``best_epoch``, ``best_val_auroc``, ``n_pairs``.
@@ -243,14 +210,14 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
     if int(p["epochs"]) < 1 or int(p["batch_size"]) < 1 or not p["lr"] > 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {p['epochs']}, {p['batch_size']}, {p['lr']}")
     if pairs is None:
-        pairs = sample_pairs(train.patient_ids, derive_seed(seed, "pairs"), p["max_pos_per_patient"], split="train")
+        pairs = sample_pairs(train.patient_ids, seeds.derive(seed, "pairs"), p["max_pos_per_patient"], split="train")
     if val_pairs is None:
-        val_pairs = sample_pairs(val.patient_ids, derive_seed(seed, "val_pairs"), split="val")
+        val_pairs = sample_pairs(val.patient_ids, seeds.derive(seed, "val_pairs"), split="val")
 
     device = default_device()
     arch = {k: p[k] for k in MODEL_DEFAULTS if k in p}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "init"))
+        torch.manual_seed(seeds.derive(seed, "init"))
         model = Verifier(**arch, image_size=train.image_size, in_channels=1,
                          backbone_weights=p["backbone_weights"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
@@ -258,11 +225,12 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
     history = {"loss": [], "val_auroc": [], "best_epoch": -1, "best_val_auroc": -math.inf,
                "n_pairs": len(pairs), "n_pos": pairs.n_pos, "n_val_pairs": len(val_pairs)}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    ckpt = Path(checkpoint_dir) / "checkpoint" if checkpoint_dir is not None else None
+    state_file = Path(checkpoint_dir) / TRAINING_STATE_FILE if checkpoint_dir is not None else None
     start = 0
-    if ckpt is not None and ckpt.with_suffix(".json").exists():
-        best_state, meta = _load_checkpoint(ckpt, model, opt)
-        history, start = meta["history"], meta["epoch"] + 1
+    if state_file is not None and state_file.exists():
+        state = load_training_state(state_file, modules={"model": model}, optimizers={"adam": opt})
+        best_state = state.state_dict("best", device)
+        history, start = state.meta["history"], state.meta["epoch"] + 1
 
     n_epoch = len(pairs) if p["max_pairs_per_epoch"] is None else min(len(pairs), int(p["max_pairs_per_epoch"]))
     bs = int(p["batch_size"])
@@ -270,10 +238,10 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
     for epoch in bar:
         if p["patience"] is not None and epoch - history["best_epoch"] > int(p["patience"]):
             break
-        g = seeded_generator(derive_seed(seed, "epoch", epoch))
+        g = seeds.torch_generator(seed, "epoch", epoch)
         if p["fresh_negatives"] and epoch > 0:   # epoch 0 uses the given pairs as they are
             neg = sample_negatives(train.patient_ids, len(pairs) - pairs.n_pos,
-                                   np.random.default_rng(derive_seed(seed, "negatives", epoch)))
+                                   seeds.rng(seed, "negatives", epoch))
             pos = pairs.label == 1
             epoch_pairs = Pairs(np.concatenate([pairs.a[pos], neg[:, 0]]), np.concatenate([pairs.b[pos], neg[:, 1]]),
                                 np.concatenate([pairs.label[pos], np.zeros(len(neg), np.int64)]))
@@ -301,11 +269,11 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
             history["best_val_auroc"], history["best_epoch"] = auroc, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{total / n_epoch:.3f}", val_auroc=f"{auroc:.3f}")
-        if ckpt is not None:
-            _save_checkpoint(ckpt, model, opt, best_state, {"epoch": epoch, "history": history})
+        if state_file is not None:
+            save_training_state(state_file, modules={"model": model, "best": best_state}, optimizers={"adam": opt},
+                                meta={"epoch": epoch, "history": history})
     model.load_state_dict(best_state)
     model.eval()
-    if ckpt is not None:
-        for suffix in (".safetensors", ".json"):
-            ckpt.with_suffix(suffix).unlink(missing_ok=True)
+    if state_file is not None:
+        remove_training_state(state_file)
     return model, history

@@ -12,23 +12,25 @@ import shutil
 
 import numpy as np
 
-from ..data.imageset import ImageSet
+from ..config import register_section
 from ..evaluation.classifier import Classifier, classifier_config, fit_classifier
 from ..io import atomic_path
 from ..pipeline import Pipeline, StageContext, stage
+from .data import load_splits
+
+register_section("classifier")(lambda cfg: classifier_config(cfg.get("classifier")))
 
 
-@stage("classifier", keys=("seed", "classifier"), deps=("data",), version=1)
+@stage("classifier", keys=("seed", "classifier"), deps=("data",), version=2)
 def classifier_stage(ctx: StageContext) -> None:
     """Fit the classifier on the real train split, select the epoch on the real val split."""
-    splits = {name: ImageSet.load(ctx.inputs["data"] / name, mmap=True) for name in ("train", "val", "test")}
-    cfg = classifier_config(ctx.params["classifier"])
+    splits = load_splits(ctx.pipeline, mmap=True)
     checkpoint = ctx.out / "checkpoint"
-    clf = fit_classifier(splits["train"], splits["val"], cfg, seed=ctx.params["seed"], checkpoint_dir=checkpoint)
+    clf = fit_classifier(splits["train"], splits["val"], ctx.config["classifier"], seed=ctx.config["seed"],
+                         checkpoint_dir=checkpoint)
     clf.save(ctx.out)
-    with atomic_path(ctx.out / "test_probs.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, clf.predict_proba(splits["test"]).astype(np.float32), allow_pickle=False)
+    with atomic_path(ctx.out / "test_probs.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, clf.predict_proba(splits["test"]).astype(np.float32), allow_pickle=False)
     shutil.rmtree(checkpoint)  # the finished artifact needs only the selected weights
 
 

@@ -11,52 +11,35 @@ Artifacts: ``encoder.json`` (+ ``encoder.safetensors``), ``train_log.json`` (SSL
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 
-from ..config import section
+from ..config import register_section
 from ..encoders.base import Encoder
-from ..encoders.ssl import SSL_DEFAULTS, check_augment, train_ssl
+from ..encoders.config import encoder_config, ssl_hyperparameters
+from ..encoders.ssl import train_ssl
 from ..encoders.store import Checkpoint, load_encoder_dir, save_encoder
 from ..io import atomic_path, atomic_write_json
 from ..pipeline import Pipeline, StageContext, stage
 from .data import SPLITS, load_splits
 
-DEFAULTS: dict = {
-    # None: train the in-project SimCLR encoder; else a torchvision name (encoders.backbone.BACKBONES)
-    "backbone": None,
-    "weights": None,           # local .safetensors for ``backbone`` (relative: from the project root)
-    "embed_batch_size": 256,   # images per forward pass when embedding (does not change results)
-    **SSL_DEFAULTS,            # SimCLR hyperparameters (ignored when ``backbone`` is set)
-}
+register_section("encoder")(encoder_config)
 
 
-def encoder_config(cfg: dict) -> dict:
-    """The ``encoder`` section over ``DEFAULTS`` (unknown keys and bad augment keys rejected)."""
-    enc = section(cfg, "encoder", DEFAULTS)
-    enc["augment"] = check_augment(enc["augment"] or {})
-    if enc["backbone"] is None and enc["weights"] is not None:
-        raise ValueError("encoder.weights is set but encoder.backbone is not; name the architecture (e.g. resnet50)")
-    return enc
-
-
-def _ssl_hyperparameters(enc: dict) -> dict:
-    return {k: enc[k] for k in SSL_DEFAULTS}
-
-
-@stage("encoder", keys=("seed", "encoder"), deps=("data",), version=1)
+@stage("encoder", keys=("seed", "encoder"), deps=("data",), version=2)
 def encoder_stage(ctx: StageContext) -> None:
     """Build/train the encoder, then embed the train/val/test splits."""
-    enc = encoder_config({"encoder": ctx.params["encoder"]})
-    seed = int(ctx.params["seed"])
+    enc = ctx.config["encoder"]
+    seed = int(ctx.config["seed"])
     splits = load_splits(ctx.pipeline)
     if "train" not in splits:
         raise ValueError(f"{ctx.inputs['data']}: the data stage wrote no 'train' split")
     if (ctx.out / "encoder.json").exists():  # an interrupted run already finished training
         encoder = load_encoder_dir(ctx.out)
     elif enc["backbone"] is not None:
-        from ..encoders.backbone import torchvision_encoder
+        from ..encoders.backbone import torchvision_encoder  # torchvision: an optional extra
 
         encoder = torchvision_encoder(enc["backbone"], enc["weights"])
         save_encoder(encoder, ctx.out)
@@ -64,8 +47,8 @@ def encoder_stage(ctx: StageContext) -> None:
         train = splits["train"]
         start = time.perf_counter()
         checkpoint = Checkpoint(ctx.out / "checkpoint.safetensors")
-        net, losses = train_ssl(train.tensor(), _ssl_hyperparameters(enc), seed, checkpoint=checkpoint)
-        info = {"kind": "ssl", "method": "SimCLR (NT-Xent)", "hyperparameters": _ssl_hyperparameters(enc),
+        net, losses = train_ssl(train.tensor(), ssl_hyperparameters(enc), seed, checkpoint=checkpoint)
+        info = {"kind": "ssl", "method": "SimCLR (NT-Xent)", "hyperparameters": ssl_hyperparameters(enc),
                 "seed": seed, "n_train_images": len(train), "train_seconds": round(time.perf_counter() - start, 2)}
         encoder = Encoder(net, enc["dim"], train.image_size, info)
         atomic_write_json(ctx.out / "train_log.json", {"loss": losses})
@@ -95,7 +78,5 @@ def load_embeddings(pipe: Pipeline, split: str = "train") -> np.ndarray:
 
 def load_train_log(pipe: Pipeline) -> dict:
     """``{"loss": [...]}`` of the SSL training (empty for a backbone encoder)."""
-    import json
-
     path = pipe.get("encoder") / "train_log.json"
     return json.loads(path.read_text()) if path.exists() else {"loss": []}

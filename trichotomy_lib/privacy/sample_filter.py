@@ -8,7 +8,7 @@ s's embedding (DiADM pseudo-conditioning). Each candidate c is judged twice:
    other scores. (The paper's code adds the two scores, so a flagged candidate can win.)
 2. **Utility, among the survivors.** The reference classifier's label consistency
    BCE(s, c) = −(1/8) Σ_k [ŷ_k(s) log ŷ_k(c) + (1 − ŷ_k(s)) log(1 − ŷ_k(c))]
-   (``evaluation.classifier.label_consistency``); the survivor with the lowest BCE is chosen,
+   (``evaluation.classifier.consistency.label_consistency``); the survivor with the lowest BCE is chosen,
    the second lowest optionally kept as extra data.
 
 If every candidate of an attempt is flagged, the source is retried with new seeds and a lower
@@ -30,7 +30,7 @@ attempt's K candidates are used up. Trade-off of ``min_survivors`` (m):
   ``benchmarks/filter.py``).
 * m = 1 releases the first survivor: the cheapest, no label-consistency selection.
 
-Seeds. Candidate j of attempt a of source i gets its own seed (``candidate_seed``), a packed
+Seeds. Candidate j of attempt a of source i gets its own seed (``seeds.sample_seeds``), a packed
 integer that is injective in (i, a, j) — retries never reuse another source's seeds (they do in
 the paper's code) — and the sampler uses per-sample seeds, so the release does not depend on
 the chunk size, the batch size or the order sources are processed in.
@@ -66,8 +66,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..seeds import ATTEMPT_BITS, CANDIDATE_BITS, sample_seeds
 from ..data.imageset import images_to_uint8, uint8_to_tensor
-from ..evaluation.classifier import label_consistency
+from ..evaluation.classifier.consistency import label_consistency
 from ..io import atomic_write_json, to_jsonable
 from .release import read_audit_csv
 
@@ -89,8 +90,6 @@ DECISIONS = ("chosen", "second_best", "not_best", "flagged", "skipped_source")
 AUDIT_COLUMNS = ("source_index", "patient_id", "source_name", "attempt", "candidate", "seed", "guidance",
                  "defender_prob", "flagged", "bce", "decision", "reason", "source_outcome")
 
-# Packed seed layout (63 bits): [16-bit stream | 31-bit source | 8-bit attempt | 8-bit candidate]
-_SRC_BITS, _ATT_BITS, _CAND_BITS = 31, 8, 8
 
 
 def check_filter_params(params: dict | None) -> dict:
@@ -103,10 +102,10 @@ def check_filter_params(params: dict | None) -> dict:
     for key in ("k", "round_size", "min_survivors", "max_attempts", "chunk_size"):
         if not isinstance(p[key], (int, np.integer)) or isinstance(p[key], bool) or p[key] < 1:
             raise ValueError(f"filter.{key} must be an integer >= 1, got {p[key]!r}")
-    if p["k"] > 2**_CAND_BITS:
-        raise ValueError(f"filter.k must be <= {2**_CAND_BITS}, got {p['k']}")
-    if p["max_attempts"] > 2**_ATT_BITS:
-        raise ValueError(f"filter.max_attempts must be <= {2**_ATT_BITS}, got {p['max_attempts']}")
+    if p["k"] > 2**CANDIDATE_BITS:
+        raise ValueError(f"filter.k must be <= {2**CANDIDATE_BITS}, got {p['k']}")
+    if p["max_attempts"] > 2**ATTEMPT_BITS:
+        raise ValueError(f"filter.max_attempts must be <= {2**ATTEMPT_BITS}, got {p['max_attempts']}")
     for key in ("round_size", "min_survivors"):
         if p[key] > p["k"]:
             raise ValueError(f"filter.{key}={p[key]} must be <= filter.k={p['k']}")
@@ -122,29 +121,6 @@ def check_filter_params(params: dict | None) -> dict:
 def guidance_at(attempt: int, params: dict) -> float:
     """g_a = max(g_0 − a·Δg, g_floor), rounded to 6 decimals (no float drift between attempts)."""
     return round(max(params["guidance"] - attempt * params["guidance_step"], params["guidance_floor"]), 6)
-
-
-# ----------------------------------------------------------------------------------- seeds
-def seed_stream(profile_seed: int, *tags) -> int:
-    """A 16-bit stream id derived from the profile seed and tags (sha256), e.g. ("generate", "diadm")."""
-    blob = json.dumps([int(profile_seed), *map(str, tags)]).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:2], "little")
-
-
-def candidate_seed(stream: int, source, attempt, candidate) -> np.ndarray:
-    """Seed of candidate j of attempt a of source i: ``stream·2^47 + i·2^16 + a·2^8 + j``.
-
-    Injective in (i, a, j) for i < 2^31, a < 256, j < 256 (checked), so two candidates of one
-    release never share a seed — in particular a retry never reuses another source's seeds.
-    Vectorised (numpy broadcasting); returns int64 (< 2^63, a valid torch seed).
-    """
-    src, att, cand = (np.asarray(v, dtype=np.int64) for v in (source, attempt, candidate))
-    for name, v, bits in (("source", src, _SRC_BITS), ("attempt", att, _ATT_BITS), ("candidate", cand, _CAND_BITS)):
-        if v.size and (v.min() < 0 or v.max() >= 2**bits):
-            raise ValueError(f"{name} index out of range [0, 2^{bits}) for the packed seed: {v.min()}..{v.max()}")
-    if not 0 <= int(stream) < 2**16:
-        raise ValueError(f"stream must be in [0, 2^16), got {stream}")
-    return (np.int64(stream) << 47) | (src << 16) | (att << 8) | cand
 
 
 # --------------------------------------------------------------------------------- results
@@ -208,7 +184,7 @@ def filter_sources(sources, sample_fn: Callable, defender_fn: Callable, classifi
     """Run the filter on one chunk of sources in lock step → (images, source_index, rank, audit rows).
 
     Pure given the injected functions: see the module docstring. ``stream`` selects the seed
-    stream (``seed_stream``). ``patient_ids``/``names``: optional arrays over the whole split,
+    stream (``seeds.stream_id``). ``patient_ids``/``names``: optional arrays over the whole split,
     copied into the audit rows.
     """
     p = check_filter_params(params)
@@ -234,7 +210,7 @@ def filter_sources(sources, sample_fn: Callable, defender_fn: Callable, classifi
         src = np.array([states[q].index for q in job_pos], dtype=np.int64)
         att = np.array([states[q].attempt for q in job_pos], dtype=np.int64)
         guid = np.array([guidance_at(int(a), p) for a in att])
-        seeds = candidate_seed(stream, src, att, job_j)
+        seeds = sample_seeds(stream, src, att, job_j)
         images, prob, bce = _judge((src, seeds, guid), sample_fn, defender_fn, classifier_fn, source_probs)
         for n in range(len(job_pos)):
             st = states[job_pos[n]]
@@ -339,7 +315,7 @@ def run_filter(sources, sample_fn: Callable, defender_fn: Callable, classifier_f
         sources: (N,) int indices of the source images (each at most once).
         sample_fn, defender_fn, classifier_fn, source_probs: see the module docstring.
         params: ``FILTER_DEFAULTS`` overrides (``check_filter_params``).
-        stream: the seed stream (``seed_stream(profile_seed, ...)``), 0..65535.
+        stream: the seed stream (``seeds.stream_id(profile_seed, ...)``), 0..65535.
         out_dir: where finished chunks are written atomically; a rerun with the same arguments
             resumes from them (a manifest refuses a rerun with different ones). None: in memory.
         patient_ids, names: optional arrays over the split, copied into the audit table.
@@ -439,20 +415,6 @@ def filter_summary(audit: pd.DataFrame) -> dict:
 
 
 # ----------------------------------------------------------------- adapters for real models
-def diffusion_sample_fn(net, embeddings, steps: int, solver: str, guide_net=None, batch_size: int = 256,
-                        **sampler_kwargs) -> Callable:
-    """``sample_fn`` drawing pseudo-conditioned candidates: row i conditioned on ``embeddings[source_i]``."""
-    from ..diffusion.sampler import sample
-
-    emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
-
-    def fn(sources, seeds, guidance):
-        return sample(net, cond={"embedding": emb[torch.as_tensor(sources)]}, seeds=seeds, steps=steps,
-                      guidance=guidance, guide_net=guide_net, solver=solver, batch_size=batch_size, **sampler_kwargs)
-
-    return fn
-
-
 def verifier_defender_fn(verifier, source_images: torch.Tensor, batch_size: int = 256) -> Callable:
     """``defender_fn`` from a ``Verifier``: sources embedded once, each candidate scored against its source."""
     src_emb = verifier.embed(source_images, batch_size=batch_size)

@@ -1,0 +1,74 @@
+"""Notebook 06's tables: the privacy audit of every release, and the filter's operating point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..pipeline import Pipeline
+from ..privacy.audit import veto_tradeoff
+from ..stages.data import load_splits
+from ..stages.privacy import load_any_release
+from ..stages.reid import load_verifier
+
+__all__ = ["privacy", "privacy_filter_tradeoff"]
+
+
+def _ci(rate, lo, hi, digits: int = 2) -> str:
+    if rate is None or not np.isfinite(rate):
+        return "–"
+    return f"{rate:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _any_column(df: pd.DataFrame) -> str:
+    """Header of the vs-all column, naming its calibration (false-alarm rate on held-out patients)."""
+    fa = df["all_false_alarm"].iloc[0] if "all_false_alarm" in df else np.nan
+    if fa is None or not np.isfinite(fa):
+        return "re-id vs any training patient (pairwise threshold)"
+    return f"re-id vs any training patient ({fa:.0%} of held-out)"
+
+
+def privacy(df: pd.DataFrame, kind: str | None = None) -> pd.DataFrame:
+    """The privacy table: one row per release (display name), rates with 95 % CIs as text.
+
+    ``df``: ``stages.privacy.load_privacy``'s results; ``kind``: the predicate kind of the attack
+    columns (default: the run's primary kind).
+    """
+    kind = kind or str(df["pso_kind"].iloc[0])
+    rows = {}
+    for _, r in df.iterrows():
+        def f(c):
+            return r.get(c, np.nan)
+        rows[r["label"]] = {
+            "n released": int(r["n_released"]),
+            "re-id vs source": _ci(f("src_rate"), f("src_lo"), f("src_hi")),
+            _any_column(df): _ci(f("all_rate"), f("all_lo"), f("all_hi")),
+            "nearest = source patient": _ci(f("nearest_src_rate"), f("nearest_src_lo"), f("nearest_src_hi")),
+            "pixel NN closer than held-out 5 %": _ci(f("nn_close_rate"), f("nn_close_lo"), f("nn_close_hi")),
+            f"PSO attack ({kind})": _ci(f(f"{kind}_attack_rate"), f(f"{kind}_attack_lo"), f(f"{kind}_attack_hi")),
+            "control": _ci(f(f"{kind}_control_rate"), f(f"{kind}_control_lo"), f(f"{kind}_control_hi")),
+            "chance B(n, w)": f"{f(f'{kind}_cn_baseline'):.3f}",
+            "risk": _ci(f(f"{kind}_risk"), f(f"{kind}_risk_lo"), f(f"{kind}_risk_hi")),
+        }
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "release"
+    return out
+
+
+def privacy_filter_tradeoff(pipe: Pipeline, thresholds=(0.9, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)) -> pd.DataFrame:
+    """The filter's veto threshold vs what the AUDITOR still finds (``audit.veto_tradeoff``), on
+    the raw DiADM release (each source's first candidate, before any veto). Reads the defender
+    too: an analysis of the filter's operating point, not part of the audit, which never uses
+    the defender. Indexed by threshold; the profile's own threshold is marked."""
+    release, source_index = load_any_release(pipe, "diadm_raw")
+    train = load_splits(pipe)["train"].subset(np.asarray(source_index))
+    probs = {}
+    for role in ("defender", "auditor"):
+        v = load_verifier(pipe, role)
+        probs[role] = v.probability(v.score_pairs(v.embed(release), v.embed(train))).numpy()
+    used = float(pipe.cfg["generate"]["filter"]["threshold"])
+    rows = veto_tradeoff(probs["defender"], probs["auditor"], sorted({*map(float, thresholds), used}, reverse=True),
+                         auditor_threshold=float(pipe.cfg["privacy"]["audit_threshold"]))
+    df = pd.DataFrame(rows).set_index("threshold")
+    df["profile's threshold"] = [t == used for t in df.index]
+    return df

@@ -1,0 +1,122 @@
+"""The ``generate`` profile section and the pieces of a release that need no pipeline.
+
+One synthetic sample per real training image (the *source*), labelled with the source's
+labels (DESIGN step 6). ``diadm_raw`` is the filter's first candidate of every source
+(attempt 0, candidate 0, guidance g_0, the same per-sample seed): the filter run reuses those
+images instead of drawing them again (``reuse_first_candidate``), and the defender judges them
+like any other candidate.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import seeds
+from ..config import ConfigError, section
+from ..data.imageset import images_to_uint8, uint8_to_tensor
+from ..evaluation.classifier.consistency import label_consistency
+from .sample_filter import check_filter_params, guidance_at
+
+GENERATE_DEFAULTS: dict = {
+    "n_sources": None,       # None: every training image is a source; int >= 1: a seeded random subset
+    "solver": "dpm",         # "dpm" (DPM-Solver++(2M), N evaluations) or "heun" (EDM, 2N − 1)
+    "steps": 10,             # sampler steps N >= 2 (paper: Heun 32)
+    "guide": "uncond",       # "uncond": classifier-free (the unconditional mode/model); "early": autoguidance
+    "class_guidance": None,  # guidance of edm_class (None: filter.guidance, the DiADM releases' first attempt)
+    "batch_size": 256,       # samples per forward pass (does not change any image)
+    "filter": {},            # sample_filter.FILTER_DEFAULTS overrides (K, rounds, guidance schedule, veto, ...)
+}
+
+# The per-sample seed streams of the releases (``seeds.stream_id(seed, *tags)``).
+EDM_CLASS_STREAM = ("generate", "edm_class")
+DIADM_STREAM = ("generate", "diadm")
+
+
+def generate_config(cfg: dict) -> dict:
+    """The ``generate`` section over ``GENERATE_DEFAULTS``, with ``filter`` checked (unknown keys named)."""
+    g = section(cfg, "generate", GENERATE_DEFAULTS)
+    try:
+        g["filter"] = check_filter_params(g["filter"])
+    except ValueError as err:
+        raise ConfigError(f"generate.filter: {err}") from None
+    if g["solver"] not in ("dpm", "heun"):
+        raise ConfigError(f"generate.solver must be 'dpm' or 'heun', got {g['solver']!r}")
+    if g["guide"] not in ("uncond", "early"):
+        raise ConfigError(f"generate.guide must be 'uncond' or 'early', got {g['guide']!r}")
+    if not isinstance(g["steps"], int) or g["steps"] < 2:
+        raise ConfigError(f"generate.steps must be an integer >= 2, got {g['steps']!r}")
+    if g["n_sources"] is not None and (not isinstance(g["n_sources"], int) or g["n_sources"] < 1):
+        raise ConfigError(f"generate.n_sources must be null or an integer >= 1, got {g['n_sources']!r}")
+    if g["class_guidance"] is None:
+        g["class_guidance"] = g["filter"]["guidance"]
+    return g
+
+
+def source_indices(n_train: int, n_sources: int | None, seed: int, *tags) -> np.ndarray:
+    """The sources: all training rows, or a seeded random subset of ``n_sources`` (sorted).
+
+    ``tags`` name the seed stream (default ``("generate", "sources")``)."""
+    if n_sources is None or n_sources >= n_train:
+        return np.arange(n_train, dtype=np.int64)
+    rng = seeds.rng(seed, *(tags or ("generate", "sources")))
+    return np.sort(rng.choice(n_train, size=n_sources, replace=False)).astype(np.int64)
+
+
+def reuse_first_candidate(sample_fn: Callable, raw_images: np.ndarray, raw_sources: np.ndarray, stream: int,
+                          guidance: float) -> Callable:
+    """Wrap ``sample_fn`` so that candidate (attempt 0, j 0) of a source — exactly the diadm_raw
+    sample, same seed and guidance — is read from the raw release instead of sampled again.
+
+    Every other request goes to ``sample_fn`` unchanged, so the wrapped function returns the
+    same images as ``sample_fn`` itself (the raw release is uint8: the reused images are the
+    quantised samples, which is what the filter judges anyway).
+    """
+    row = {int(s): i for i, s in enumerate(raw_sources)}
+    first = {int(seeds.sample_seeds(stream, s, 0, 0)): i for s, i in row.items()}
+
+    def fn(sources, sample_seeds, g):
+        hit = np.array([g == guidance and int(s) in first for s in sample_seeds], dtype=bool)
+        out = None
+        if (~hit).any():
+            drawn = torch.as_tensor(sample_fn(sources[~hit], sample_seeds[~hit], g), dtype=torch.float32)
+            out = torch.empty((len(sample_seeds), *drawn.shape[1:]))
+            out[torch.from_numpy(~hit)] = drawn
+        if hit.any():
+            cached = uint8_to_tensor(raw_images[[first[int(s)] for s in sample_seeds[hit]]])
+            if out is None:
+                out = torch.empty((len(sample_seeds), *cached.shape[1:]))
+            out[torch.from_numpy(hit)] = cached
+        return out
+
+    return fn
+
+
+def redraw_candidates(sources, attempt: int, filter_params: dict, stream: int, sample_fn: Callable,
+                      defender_fn: Callable, classifier_fn: Callable, source_probs, audit: pd.DataFrame):
+    """All K candidates of ``attempt`` for a few ``sources``, redrawn from their seeds — exactly
+    the images the filter judged — with the defender's and the label-consistency scores.
+
+    Returns (images (n, K, H, W) uint8, table with one row per candidate: source_index,
+    candidate, seed, guidance, defender_prob, flagged, bce, decision — "not drawn" for
+    candidates the filter never needed).
+    """
+    k = filter_params["k"]
+    sources = np.asarray(sources, dtype=np.int64)
+    src = np.repeat(sources, k)
+    j = np.tile(np.arange(k), len(sources))
+    guidance = guidance_at(attempt, filter_params)
+    sample_seeds = seeds.sample_seeds(stream, src, attempt, j)
+    images = images_to_uint8(sample_fn(src, sample_seeds, guidance))
+    x = uint8_to_tensor(images)
+    prob = np.asarray(defender_fn(src, x))
+    bce = label_consistency(source_probs[src], classifier_fn(x))
+    table = pd.DataFrame({"source_index": src, "candidate": j, "seed": sample_seeds, "guidance": guidance,
+                          "defender_prob": prob, "flagged": prob >= filter_params["threshold"], "bce": bce})
+    drawn = audit[audit["attempt"] == attempt][["seed", "decision"]]
+    table = table.merge(drawn, on="seed", how="left")
+    table["decision"] = table["decision"].fillna("not drawn")
+    return images.reshape(len(sources), k, *images.shape[1:]), table
