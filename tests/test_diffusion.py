@@ -12,6 +12,7 @@ from trichotomy_lib.diffusion.edm import denoise, edm_loss, loss_weight, precond
 from trichotomy_lib.diffusion.ema import ema_beta
 from trichotomy_lib.diffusion.network import Denoiser
 from trichotomy_lib.diffusion.sampler import edm_sigmas, guided_denoiser, network_evaluations, sample
+from trichotomy_lib.analysis.diffusion import sample_images
 from trichotomy_lib.diffusion.train import TrainingDiverged, check_hyperparameters, train_denoiser
 
 TINY = dict(sample_size=16, channels=(8, 16), norm_groups=4, head_dim=8)
@@ -301,11 +302,11 @@ def test_stage_trains_saves_and_samples_every_mode(tmp_path):
     assert len(dstage.load_train_log(pipe)["loss"]) == 4
     out = pipe.path("diffusion") / "joint"
     assert (out / "ema" / "diffusion_pytorch_model.safetensors").exists() and not (out / "checkpoints").exists()
-    x = dstage.sample_images(pipe, "class", [1, 2], labels=np.eye(8, dtype=np.float32)[:2], guidance=1.5)
-    y = dstage.sample_images(pipe, "class", [2], labels=np.eye(8, dtype=np.float32)[1:2], guidance=1.5)
+    x = sample_images(pipe, "class", [1, 2], labels=np.eye(8, dtype=np.float32)[:2], guidance=1.5)
+    y = sample_images(pipe, "class", [2], labels=np.eye(8, dtype=np.float32)[1:2], guidance=1.5)
     assert x.shape == (2, 1, 16, 16) and torch.equal(x[1:], y)
     with pytest.raises(ValueError, match="needs embedding"):
-        dstage.sample_images(pipe, "pseudo", [1])
+        sample_images(pipe, "pseudo", [1])
     with pytest.raises(ConfigError, match="diffusion.models"):
         dstage.diffusion_config({"diffusion": {"models": ["joint", "class"]}})
     with pytest.raises(ConfigError, match="diffusion.typo"):

@@ -276,7 +276,7 @@ def test_encoder_stage_writes_loadable_embeddings(tmp_path, monkeypatch):
         for i, name in enumerate(("train", "val", "test")):
             synthetic_images(n_patients=6, scans=2, seed=i).save(ctx.out / name)
 
-    pipeline._registry()
+    import trichotomy_lib.stages  # noqa: F401  (registers the real stages)
     monkeypatch.setitem(pipeline.STAGES, "data", pipeline.Stage("data", fake_data, ("seed", "data")))
     cfg = {"profile": "t", "seed": 3, "run_root": str(tmp_path), "data": {}, "encoder": {**TINY, "steps": 3}}
     pipe = pipeline.Pipeline(cfg, run_dir=tmp_path, verbose=False)
@@ -289,7 +289,7 @@ def test_encoder_stage_writes_loadable_embeddings(tmp_path, monkeypatch):
     assert len(enc_stage.load_train_log(pipe)["loss"]) == 3
     assert not (pipe.path("encoder") / "checkpoint.safetensors").exists()
     # a parameter the stage does not read leaves it cached; one it reads does not
-    other = pipeline.Pipeline({**cfg, "reid": {"x": 1}}, run_dir=tmp_path, verbose=False)
+    other = pipeline.Pipeline({**cfg, "reid": {"lr": 0.5}}, run_dir=tmp_path, verbose=False)
     assert other.is_cached("encoder")
     assert not pipeline.Pipeline({**cfg, "encoder": {**TINY, "steps": 4}}, run_dir=tmp_path).is_cached("encoder")
     with pytest.raises(ValueError, match="split must be one of"):

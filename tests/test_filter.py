@@ -1,4 +1,5 @@
-"""The privacy filter (privacy/filter.py) with injected stand-in models.
+"""The privacy filter (privacy/sample_filter.py) with injected stand-in models, and the shipped
+sampling path (diffusion.conditional + privacy.generation) with a tiny real Denoiser.
 
 The stand-in sampler writes the seed's parts into the image (pixel [0,0] = candidate j,
 [0,1] = attempt, [0,2] = guidance·100, [0,3] = source mod 256) so rigged defenders and
@@ -13,7 +14,10 @@ import pytest
 import torch
 
 from trichotomy_lib.data.imageset import ImageSet
-from trichotomy_lib.privacy import filter as flt
+from trichotomy_lib import seeds
+from trichotomy_lib.diffusion.conditional import conditional_sampler
+from trichotomy_lib.privacy import sample_filter as flt
+from trichotomy_lib.privacy.generation import redraw_candidates, reuse_first_candidate
 from trichotomy_lib.privacy.release import load_audit_dir, load_release_dir, make_release, save_release
 
 N_SRC, SIZE = 12, 8
@@ -181,12 +185,12 @@ def test_source_that_never_passes_is_skipped_and_recorded():
 # -------------------------------------------------------------------------------- seeds
 def test_seeds_unique_across_sources_attempts_and_candidates():
     src, att, cand = np.meshgrid(np.arange(2000), np.arange(12), np.arange(16), indexing="ij")
-    seeds = flt.candidate_seed(flt.seed_stream(42, "generate", "diadm"), src, att, cand).ravel()
-    assert len(np.unique(seeds)) == seeds.size and seeds.min() >= 0
+    packed = seeds.sample_seeds(seeds.stream_id(42, "generate", "diadm"), src, att, cand).ravel()
+    assert len(np.unique(packed)) == packed.size and packed.min() >= 0
     # a retry of source 0 must not land on a seed of source 1 (the paper's collision)
-    assert flt.candidate_seed(5, 0, 1, 0) != flt.candidate_seed(5, 1, 0, 0)
+    assert seeds.sample_seeds(5, 0, 1, 0) != seeds.sample_seeds(5, 1, 0, 0)
     with pytest.raises(ValueError, match="attempt"):
-        flt.candidate_seed(5, 0, 256, 0)
+        seeds.sample_seeds(5, 0, 256, 0)
     # and within a real run with retries
     def flag_most(sources, images):
         return np.where(decode(images)["attempt"] < 2, 0.9, 0.1)
@@ -229,14 +233,14 @@ def test_output_independent_of_batch_and_chunk_size(one_thread):
     with torch.no_grad():
         verifier.head.weight.mul_(100).clamp_(max=-1.0)
         verifier.head.bias.zero_()
-        first = flt.diffusion_sample_fn(net, emb, steps=3, solver="dpm")(
-            np.arange(N_SRC), flt.candidate_seed(7, np.arange(N_SRC), 0, 0), 1.3)
+        first = conditional_sampler(net, emb, "embedding", steps=3, solver="dpm")(
+            np.arange(N_SRC), seeds.sample_seeds(7, np.arange(N_SRC)), 1.3)
         logits = verifier.score_pairs(verifier.embed(src_images), verifier.embed(first))
         verifier.head.bias.fill_(-float(logits.median()))
     defender = flt.verifier_defender_fn(verifier, src_images)
     results = []
     for batch_size, chunk in ((64, 12), (2, 5), (5, 1)):
-        sampler = flt.diffusion_sample_fn(net, emb, steps=3, solver="dpm", batch_size=batch_size)
+        sampler = conditional_sampler(net, emb, "embedding", steps=3, solver="dpm", batch_size=batch_size)
         results.append(run(params | {"chunk_size": chunk}, sampler=sampler, defender=defender, classifier=classifier_noise))
     ref = results[0]
     a = ref.audit
@@ -309,3 +313,54 @@ def test_bad_parameters_are_named():
         flt.check_filter_params({"K": 2})
     with pytest.raises(ValueError, match="duplicate"):
         run(sources=np.array([1, 1]))
+
+
+# ------------------------------------------------------------------ the shipped path
+def test_reuse_first_candidate_returns_exactly_a_fresh_sample(one_thread):
+    """The filter stage reads each source's first candidate from the raw release instead of
+    sampling it again; what it judges must be the image a fresh draw of that seed gives."""
+    from trichotomy_lib.data.imageset import images_to_uint8
+
+    net, _ = tiny_models()
+    emb = torch.randn(N_SRC, 4, generator=torch.Generator().manual_seed(3))
+    stream, guidance = 7, 1.3
+    fresh = conditional_sampler(net, emb, "embedding", steps=3, solver="dpm", batch_size=4)
+    sources = np.arange(N_SRC)
+    raw = images_to_uint8(fresh(sources, seeds.sample_seeds(stream, sources), guidance))  # the diadm_raw release
+    calls = []
+
+    def counting(src, sample_seeds, g):
+        calls.append(len(src))
+        return fresh(src, sample_seeds, g)
+
+    wrapped = reuse_first_candidate(counting, raw, sources, stream, guidance)
+    # a round mixing first candidates (reused) with second candidates and a retry (sampled)
+    src = np.array([0, 1, 2, 0, 1, 5])
+    att, cand = np.array([0, 0, 0, 0, 1, 0]), np.array([0, 0, 0, 1, 0, 0])
+    got = images_to_uint8(wrapped(src, seeds.sample_seeds(stream, src, att, cand), guidance))
+    want = images_to_uint8(fresh(src, seeds.sample_seeds(stream, src, att, cand), guidance))
+    assert np.array_equal(got, want)
+    assert calls == [2]  # only candidate (0, 1) and the retry of source 1 were drawn; four were reused
+    # at another guidance nothing is reused (the raw release was drawn at g_0 only)
+    calls.clear()
+    wrapped(src[:3], seeds.sample_seeds(stream, src[:3]), 1.0)
+    assert calls == [3]
+
+
+def test_redraw_candidates_reproduces_the_filters_judgement(one_thread):
+    """Notebook 05 redraws a source's K candidates from their recorded seeds: the defender
+    probabilities and decisions must be those of the audit."""
+    net, verifier = tiny_models()
+    gen = torch.Generator().manual_seed(1)
+    emb = torch.randn(N_SRC, 4, generator=gen)
+    src_images = torch.rand(N_SRC, 1, SIZE, SIZE, generator=gen) * 2 - 1
+    sampler = conditional_sampler(net, emb, "embedding", steps=3, solver="dpm")
+    defender = flt.verifier_defender_fn(verifier, src_images)
+    params = flt.check_filter_params({"k": 3, "round_size": 3, "min_survivors": 3, "max_attempts": 2, "guidance": 1.3})
+    res = run(params, sampler=sampler, defender=defender, classifier=classifier_noise)
+    images, table = redraw_candidates([0, 4], 0, params, 7, sampler, defender, classifier_noise, SOURCE_PROBS, res.audit)
+    assert images.shape == (2, 3, SIZE, SIZE) and len(table) == 6
+    audit = res.audit[(res.audit.attempt == 0) & res.audit.source_index.isin([0, 4])].set_index("seed")
+    merged = table.set_index("seed").join(audit[["defender_prob", "decision"]], rsuffix="_audit")
+    np.testing.assert_allclose(merged.defender_prob, merged.defender_prob_audit, atol=1e-5)
+    assert (merged.decision == merged.decision_audit).all()

@@ -116,6 +116,8 @@ def test_unknown_stage_is_named():
 def test_every_registered_stage_declares_known_config_keys():
     from trichotomy_lib.config import TOP_LEVEL_KEYS
 
+    import trichotomy_lib.stages  # noqa: F401
+
     for name, st in pipeline._registry().items():
         if name.startswith("test_"):
             continue

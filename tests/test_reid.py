@@ -340,9 +340,10 @@ def test_precision_at_1_excludes_the_query_itself():
 # ------------------------------------------------------------------------------ stages
 def test_stages_train_independent_verifiers(tmp_path, monkeypatch):
     from trichotomy_lib import pipeline
+    from trichotomy_lib.analysis import reid as reid_tables
     from trichotomy_lib.stages import reid as reid_stages
 
-    pipeline._registry()                                     # register the real stages first
+    import trichotomy_lib.stages  # noqa: F401  (registers the real stages first)
 
     def fake_data(ctx):
         for name, (n, seed, first) in {"train": (40, 0, 0), "val": (10, 1, 100), "test": (12, 2, 200)}.items():
@@ -356,11 +357,11 @@ def test_stages_train_independent_verifiers(tmp_path, monkeypatch):
     auditor = reid_stages.load_verifier(pipe, "auditor")
     assert isinstance(defender, Verifier) and defender.config["image_size"] == SIZE
     assert not torch.equal(defender.head.weight, auditor.head.weight)
-    info = reid_stages.independence(pipe)
+    info = reid_tables.independence(pipe)
     assert info["shared_patients"] == info["shared_images"] == info["shared_pairs"] == 0
     assert info["defender"]["n_patients"] + info["auditor"]["n_patients"] == 40
     assert info["defender"]["seed"] != info["auditor"]["seed"]
-    report = reid_stages.evaluate(pipe)
+    report = reid_tables.evaluate(pipe)
     assert set(report) == {"defender", "auditor", "raw pixels"}
     assert report["defender"].pairs.label.tolist() == report["raw pixels"].pairs.label.tolist()
     with pytest.raises(ValueError, match="role"):

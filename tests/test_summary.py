@@ -38,9 +38,9 @@ def test_replace_between_markers_idempotent_and_strict():
 def test_write_readme_results_generated_traced_and_atomic(tmp_path):
     cfg, nbdir = make_cfg(tmp_path), notebook(tmp_path)
     results.save_table(cfg, pd.DataFrame({"mean AUROC": ["84.1 [80.0, 88.0]"]}, index=["real data"]), "utility_main")
-    results.save_results(cfg, "07_utility", {"rows": {"real": {"auroc": {"mean": 0.8412}}, "f": {
+    results.save_results(cfg, "07_utility", {"rows": {"real": {"auroc": {"mean": 0.8412}}, "diadm_filter": {
         "auroc": {"mean": 0.8301}, "diff_points": -1.11, "diff_lo": -2.5, "diff_hi": 0.25}},
-        "labels": {"real": "real data", "f": "DiADM + filter"}})
+        "labels": {"real": "real data", "diadm_filter": "DiADM + filter"}})
     (tmp_path / "runs" / "t" / "results" / "timings.json").write_text(json.dumps({"07_utility": 90.0, "00_data": 30.0}))
     readme = tmp_path / "README.md"
     readme.write_text(README)

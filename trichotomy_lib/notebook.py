@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import config
+from . import config, stages  # noqa: F401  (registers every stage and config section)
 from .pipeline import Pipeline
 from .plotting import set_style
 

@@ -10,7 +10,10 @@ A stage computes into ``.<stage>-<key>.partial/`` and the directory is renamed i
 when the stage returns, so a finished directory is always complete. A stage that is interrupted
 leaves its ``.partial`` directory behind: long stages keep checkpoints there and resume.
 
-Stages register themselves with ``@stage(...)`` in the modules of ``trichotomy_lib.stages``.
+Stages register themselves with ``@stage(...)`` in the modules of ``trichotomy_lib.stages``, and
+the config sections they own with ``config.register_section``; this module knows none of them.
+Whoever opens a pipeline on the project's stages imports ``trichotomy_lib.stages`` first
+(``notebook.setup`` does).
 """
 
 from __future__ import annotations
@@ -75,8 +78,7 @@ def stage(name: str, keys: tuple[str, ...], deps: tuple[str, ...] = (), version:
 
 
 def _registry() -> dict[str, Stage]:
-    from . import stages  # noqa: F401  (importing registers every stage)
-
+    """The registered stages (``import trichotomy_lib.stages`` registers the project's)."""
     return STAGES
 
 
@@ -108,7 +110,6 @@ class Pipeline:
     """Resolves stages for one config. ``Pipeline(cfg).get("reid_defender")`` → artifact dir."""
 
     def __init__(self, cfg: dict, run_dir: str | os.PathLike | None = None, verbose: bool = True):
-        _registry()  # the stage modules register their config sections' validators
         self.cfg = config_mod.validate(cfg)  # the whole config, checked once, defaults filled in
         self.run_dir = Path(run_dir) if run_dir is not None else config_mod.run_dir(cfg)
         self.verbose = verbose
@@ -118,7 +119,8 @@ class Pipeline:
     def stage(self, name: str) -> Stage:
         registry = _registry()
         if name not in registry:
-            raise KeyError(f"unknown stage {name!r}; known stages: {sorted(registry)}")
+            raise KeyError(f"unknown stage {name!r}; known stages: {sorted(registry)} "
+                           "(import trichotomy_lib.stages to register the project's stages)")
         return registry[name]
 
     def params(self, name: str) -> dict:

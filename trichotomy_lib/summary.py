@@ -98,6 +98,7 @@ def _stage_notebook(module: str, names: dict[str, str]) -> str:
 
 def stage_index(cfg: dict, notebooks_dir: Path | None = None) -> pd.DataFrame:
     """Every registered stage for ``cfg``: notebook, cached?, artifact dir, key, seconds."""
+    from . import stages  # noqa: F401  (registers every stage)
     from .pipeline import Pipeline, _registry
 
     pipe = Pipeline(cfg, verbose=False)
