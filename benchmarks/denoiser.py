@@ -31,7 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from trichotomy_lib.data import generate_phantom
-from trichotomy_lib.diffusion.edm import denoise, edm_loss, sample_sigma
+from trichotomy_lib.diffusion.edm import edm_loss, sample_sigma
 from trichotomy_lib.diffusion.ema import ema_beta, make_ema, update_ema
 from trichotomy_lib.diffusion.network import Denoiser
 from trichotomy_lib.diffusion.presets import network_preset, train_preset

@@ -36,12 +36,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trichotomy_lib import config
+import trichotomy_lib.stages  # noqa: F401  (registers the stages)
+from trichotomy_lib import config, seeds
 from trichotomy_lib.data.imageset import uint8_to_tensor
 from trichotomy_lib.diffusion.sampler import network_evaluations
 from trichotomy_lib.evaluation.stats import frechet_distance, wilson_interval
 from trichotomy_lib.pipeline import Pipeline
-from trichotomy_lib.privacy import filter as flt
+from trichotomy_lib.privacy import sample_filter as flt
+from trichotomy_lib.privacy.filter_audit import filter_summary
 from trichotomy_lib.results import to_markdown
 from trichotomy_lib.stages import generate
 from trichotomy_lib.stages.data import load_splits
@@ -81,20 +83,23 @@ def main() -> None:
     n_sources = args.sources or (24 if args.quick else 96)
     cfg = config.resolve(args.profile, {"run_root": args.run_root} if args.run_root else {})
     pipe = Pipeline(cfg)
-    g = generate.generate_config(cfg)
+    g = pipe.cfg["generate"]
+    k = g["filter"]["k"]
+    if g["batch_size"] < k:  # one source's K candidates in one forward pass (the paper's shape)
+        pipe = Pipeline(config.deep_merge(cfg, {"generate": {"batch_size": k}}))
+        g = pipe.cfg["generate"]
     seed = int(cfg["seed"])
     splits = load_splits(pipe)
     train = splits["train"]
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, "benchmark", "filter", "sources")
     sources = np.sort(rng.choice(len(train), size=min(n_sources, len(train)), replace=False))
-    stream = flt.seed_stream(seed, "benchmark", "filter")
+    stream = seeds.stream_id(seed, "benchmark", "filter")
     auditor = load_verifier(pipe, "auditor")
     feats = pca_features(train.images)
     f_train = feats(train.images)
     val = splits["val"].images
-    fd_floor = frechet_distance(feats(val[np.random.default_rng(1).choice(len(val), min(len(sources), len(val)), replace=False)]), f_train)
+    fd_floor = frechet_distance(feats(val[seeds.rng(seed, "benchmark", "filter", "fd_floor").choice(len(val), min(len(sources), len(val)), replace=False)]), f_train)
 
-    k = g["filter"]["k"]
     paper = {"solver": "heun", "steps": 32, "chunk_size": 1, "round_size": k, "min_survivors": k}
     project = {"solver": g["solver"], "steps": g["steps"], "chunk_size": g["filter"]["chunk_size"],
                "round_size": g["filter"]["round_size"], "min_survivors": g["filter"]["min_survivors"]}
@@ -106,13 +111,13 @@ def main() -> None:
 
     rows = []
     for name, arm in arms.items():
-        sample_fn, defender, classifier, source_probs = generate.filter_models(
-            pipe, {**g, "batch_size": max(g["batch_size"], k)}, train, solver=arm["solver"], steps=arm["steps"])
+        sample_fn, defender, classifier, source_probs = generate.filter_models(pipe, train, solver=arm["solver"],
+                                                                               steps=arm["steps"])
         params = {**g["filter"], **{key: arm[key] for key in ("chunk_size", "round_size", "min_survivors")}}
         start = time.perf_counter()
         res = flt.run_filter(sources, sample_fn, defender, classifier, source_probs, params, stream, progress=True)
         seconds = time.perf_counter() - start
-        summary = flt.filter_summary(res.audit)
+        summary = filter_summary(res.audit)
         best, src, _ = res.select(0)
         nfe = network_evaluations(arm["steps"], arm["solver"], params["guidance"])
         d_k, *_ = reid_rate(load_verifier(pipe, "defender"), best, train.images[src], params["threshold"])

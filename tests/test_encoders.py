@@ -13,6 +13,7 @@ from torch import nn
 from trichotomy_lib.data.imageset import N_LABELS, ImageSet
 from trichotomy_lib.encoders import Encoder, load_encoder_dir, normalize_embeddings, save_encoder
 from trichotomy_lib.encoders import analysis
+from trichotomy_lib.evaluation.retrieval import precision_at_1
 from trichotomy_lib.encoders.backbone import backbone_encoder, load_weights, torchvision_encoder
 from trichotomy_lib.encoders.ssl import SSLNet, augment, nt_xent, train_ssl
 from trichotomy_lib.encoders.store import Checkpoint
@@ -246,13 +247,13 @@ def test_backbone_loader_errors_name_the_file(tmp_path):
 def test_identity_precision_and_neighbours():
     pids = np.array(["a", "a", "b", "b", "c"])
     feats = np.array([[0.0, 0], [0.1, 0], [5, 5], [5, 5.1], [0.05, 0.3]])
-    r = analysis.identity_precision_at_1(feats, pids)
-    assert r["n_queries"] == 4 and r["p_at_1"] == 1.0 and r["chance"] == pytest.approx(0.25)
+    r = precision_at_1(feats, pids)
+    assert r["n"] == 4 and r["value"] == 1.0 and r["chance"] == pytest.approx(0.25)
     dup = np.zeros((4, 2))  # exact duplicates: a row is still never its own neighbour
     _, idx = analysis.nearest_others(dup, k=3)
     assert all(i not in row for i, row in enumerate(idx))
     swapped = feats[[0, 2, 1, 3, 4]]  # neighbours now cross patients
-    assert analysis.identity_precision_at_1(swapped, pids)["p_at_1"] == 0.0
+    assert precision_at_1(swapped, pids)["value"] == 0.0
 
 
 def test_linear_probe_separable_features_give_auroc_one():

@@ -16,6 +16,7 @@ import torch
 from trichotomy_lib.data.imageset import ImageSet
 from trichotomy_lib import seeds
 from trichotomy_lib.diffusion.conditional import conditional_sampler
+from trichotomy_lib.privacy import filter_audit
 from trichotomy_lib.privacy import sample_filter as flt
 from trichotomy_lib.privacy.generation import redraw_candidates, reuse_first_candidate
 from trichotomy_lib.privacy.release import load_audit_dir, load_release_dir, make_release, save_release
@@ -151,7 +152,7 @@ def test_all_flagged_retries_with_lower_guidance_down_to_floor():
     res = run(params, defender=flag_above_floor)
     a = res.audit
     assert (res.rank == 0).sum() == N_SRC and (a.source_outcome == "accepted").all()
-    per = flt.per_source(a)
+    per = filter_audit.per_source(a)
     assert (per.attempts == 4).all() and np.allclose(per.final_guidance, 1.1)
     g_by_attempt = a.groupby("attempt").guidance.unique()
     assert [list(v) for v in g_by_attempt] == [[1.4], [1.3], [1.2], [1.1]]
@@ -177,7 +178,7 @@ def test_source_that_never_passes_is_skipped_and_recorded():
         assert sorted(cand.guidance.unique()) == [1.0, 1.1, 1.2, 1.3]  # floor 1.0 held for the 5th
         skip = rows[rows.decision == "skipped_source"]
         assert len(skip) == 1 and (rows.source_outcome == "skipped").all()
-    summary = flt.filter_summary(a)
+    summary = filter_audit.filter_summary(a)
     assert summary["n_skipped"] == 2 and summary["n_accepted"] == N_SRC - 2
     assert summary["max_attempts_used"] == 5 and summary["min_guidance"] == 1.0
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from trichotomy_lib.data import DataError, read_filelist
+from trichotomy_lib.data import decode
 from trichotomy_lib.data import image_cache as ic
 
 
@@ -66,7 +67,7 @@ def test_cached_equals_in_memory_and_hits(pngs, tmp_path, monkeypatch):
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded on a cache hit")
 
-    monkeypatch.setattr(ic, "_decode_at", no_decode)
+    monkeypatch.setattr(decode, "_decode_at", no_decode)
     info = {}
     again = ic.cached_decode(paths, 16, tmp_path / "cache", _key(root, rels), progress=False, info=info)
     assert info["cache_hit"]

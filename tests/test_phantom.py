@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from trichotomy_lib.data import LABELS, ImageSet, generate_phantom, pixel_nn_precision_at_1, scans_per_patient
+from trichotomy_lib.data import LABELS, ImageSet, generate_phantom, scans_per_patient
+from trichotomy_lib.evaluation.retrieval import precision_at_1
+
+
+def pixel_nn_precision_at_1(images: ImageSet) -> float:
+    return precision_at_1(images.images.reshape(len(images), -1), images.patient_ids)["value"]
 from trichotomy_lib.data.phantom import PHANTOM_DEFAULTS
 
 CARDIO = LABELS.index("Cardiomegaly")
@@ -117,7 +122,6 @@ def test_bad_arguments():
 
 def test_identical_across_processes_with_different_hash_seeds():
     """Set iteration order changes with PYTHONHASHSEED; the phantom must not depend on it."""
-    import hashlib
     import os
     import subprocess
     import sys

@@ -11,7 +11,6 @@ import torch
 from trichotomy_lib.data.imageset import ImageSet
 from trichotomy_lib.privacy import reid_score
 from trichotomy_lib.privacy.reid import (
-    REID_DEFAULTS,
     Verifier,
     evaluate_pixels,
     evaluate_verifier,

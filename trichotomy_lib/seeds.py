@@ -18,7 +18,7 @@ import hashlib
 import numpy as np
 import torch
 
-__all__ = ["derive", "rng", "torch_generator", "stream_id", "sample_seeds", "SOURCE_BITS", "ATTEMPT_BITS",
+__all__ = ["derive", "sequence", "rng", "torch_generator", "stream_id", "sample_seeds", "SOURCE_BITS", "ATTEMPT_BITS",
            "CANDIDATE_BITS"]
 
 # Packed per-sample seed layout (63 bits): [16-bit stream | 31-bit source | 8-bit attempt | 8-bit candidate]
@@ -35,6 +35,11 @@ def _sequence(seed: int, tags) -> np.random.SeedSequence:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return np.random.SeedSequence(int(seed), spawn_key=tuple(_word(t) for t in tags))
+
+
+def sequence(seed: int, *tags) -> np.random.SeedSequence:
+    """The ``SeedSequence`` of stream ``tags`` (for code that spawns child streams from it)."""
+    return _sequence(seed, tags)
 
 
 def derive(seed: int, *tags) -> int:

@@ -1,4 +1,4 @@
-"""Dataset diagnostics: is identity hidden from raw pixels, how are labels and scans spread."""
+"""Dataset diagnostics: how labels and scans are spread (identity retrieval: ``evaluation.retrieval``)."""
 
 from __future__ import annotations
 
@@ -7,35 +7,7 @@ import pandas as pd
 
 from .imageset import LABELS, ImageSet
 
-__all__ = ["pixel_nn_precision_at_1", "label_prevalence", "scans_per_patient"]
-
-
-def pixel_nn_precision_at_1(imageset: ImageSet, chunk: int = 512) -> float:
-    """Retrieval precision@1 of raw-pixel nearest neighbours for patient identity.
-
-    For every image whose patient has >= 2 images, find its nearest *other* image by L2
-    distance on raw pixels (float, 0..255) and count it a hit when that image shows the same
-    patient. Returns hits / queries (NaN when no patient has two images). A dataset where this
-    is high leaks identity to anyone with a pixel ruler; PhantomCXR keeps it low, so a
-    re-identification verifier has to learn anatomy rather than match pixels.
-    """
-    # float64 and centred: the expansion |a|^2 - 2ab + |b|^2 cancels badly in float32.
-    x = imageset.images.reshape(len(imageset), -1).astype(np.float64)
-    x -= x.mean(0)
-    pids = np.asarray(imageset.patient_ids)
-    _, inverse, counts = np.unique(pids, return_inverse=True, return_counts=True)
-    queries = np.where(counts[inverse] >= 2)[0]
-    if len(queries) == 0:
-        return float("nan")
-    sq = (x * x).sum(1)
-    hits = 0
-    for start in range(0, len(queries), chunk):
-        q = queries[start:start + chunk]
-        d = sq[q, None] - 2.0 * x[q] @ x.T + sq[None, :]
-        d[np.arange(len(q)), q] = np.inf  # never match an image with itself
-        nn = d.argmin(1)
-        hits += int((pids[nn] == pids[q]).sum())
-    return hits / len(queries)
+__all__ = ["label_prevalence", "scans_per_patient"]
 
 
 def scans_per_patient(imageset: ImageSet) -> np.ndarray:

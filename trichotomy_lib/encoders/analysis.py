@@ -5,8 +5,7 @@ findings (utility) — but whatever identity the embedding carries is handed to 
 too, which is why pseudo-conditioned samples need the per-sample privacy filter (DESIGN 6).
 
 * Identity precision@1 (Packhäuser et al. 2022 report 0.996 for a trained re-id network):
-  for every image whose patient has another image in the set, is its nearest other image
-  (L2) from the same patient? Chance = mean over queries of (n_patient − 1)/(N − 1).
+  ``evaluation.retrieval.precision_at_1``, the same measure for every feature space.
 * Linear-probe AUROC: one logistic regression per finding on standardised embeddings of
   the training split, evaluated on the test split (mean of per-class AUROC, the paper's metric).
 """
@@ -56,27 +55,6 @@ def nearest_others(features, k: int = 1, queries=None) -> tuple[np.ndarray, np.n
     keep = idx != queries[:, None]
     keep[keep.all(1), -1] = False  # self not among the k+1 (ties): drop the farthest instead
     return dist[keep].reshape(-1, k), idx[keep].reshape(-1, k)
-
-
-def identity_precision_at_1(features, patient_ids) -> dict:
-    """Same-patient nearest-neighbour retrieval: ``{"p_at_1", "chance", "n_queries"}``.
-
-    Queries are the rows whose patient has at least two rows; neighbours are searched among
-    all other rows.
-    """
-    x = _as_2d(features)
-    pids = np.asarray(patient_ids)
-    if pids.shape != (len(x),):
-        raise ValueError(f"patient_ids must be ({len(x)},), got {pids.shape}")
-    _, inverse, counts = np.unique(pids, return_inverse=True, return_counts=True)
-    per_row = counts[inverse]
-    queries = np.nonzero(per_row >= 2)[0]
-    if len(queries) == 0:
-        raise ValueError("no patient has two or more images; identity retrieval is undefined")
-    _, idx = nearest_others(x, 1, queries)
-    hits = pids[idx[:, 0]] == pids[queries]
-    return {"p_at_1": float(hits.mean()), "chance": float(((per_row[queries] - 1) / (len(x) - 1)).mean()),
-            "n_queries": int(len(queries))}
 
 
 def linear_probe(train_x, train_y, test_x, test_y, C: float = 1.0, seed: int = 0,

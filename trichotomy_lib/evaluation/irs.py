@@ -1,6 +1,6 @@
 """Image Retrieval Score (IRS; Dombrowski, Zhang & Kainz, CVPR 2025) and nearest neighbours.
 
-Definitions (see ``shared/PAPER_NOTES.md``):
+Definitions:
 
 * Every query feature (a synthetic image) retrieves its nearest training feature (L2).
   ``k`` = number of *distinct* training items retrieved by ``n`` queries.

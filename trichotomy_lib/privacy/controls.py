@@ -137,7 +137,7 @@ def positive_control_release(train: ImageSet, sigma: float, seed: int) -> tuple[
         raise ValueError(f"privacy.positive_sigma must be in [0, 2] (image units of [-1, 1]), got {sigma}")
     x = train.images.astype(np.float32) / 127.5 - 1.0
     for i in range(len(x)):
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
+        rng = seeds.rng(seed, "positive_control", i)  # one stream per image: independent of batching
         x[i] += rng.normal(0.0, sigma, size=x[i].shape).astype(np.float32)
     images = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
     release = ImageSet(images, np.asarray(train.labels).copy(), np.asarray(train.patient_ids).copy(),

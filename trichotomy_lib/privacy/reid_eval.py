@@ -22,9 +22,9 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..data.imageset import ImageSet
-from ..evaluation.stats import auroc_table, bootstrap_ci, wilson_interval
+from ..evaluation.retrieval import precision_at_1
+from ..evaluation.stats import auroc_table, bootstrap_ci
 from .reid_model import Verifier
-from .reid_score import topk_nearest
 from .reid_train import Pairs
 
 
@@ -65,25 +65,6 @@ def verification_metrics(labels, scores, predicted, n_boot: int = 1000, seed: in
             out[name] = (fn(y, pred), float("nan"), float("nan"))
     out["n_pairs"], out["n_same"] = int(len(y)), int(y.sum())
     return out
-
-
-def precision_at_1(features: torch.Tensor, patient_ids, level: float = 0.95) -> dict:
-    """Retrieval precision@1: for each image whose patient has >= 2 images, is its nearest
-    *other* image (L2 on ``features`` (N, D)) the same patient? → ``{"value", "lo", "hi", "k", "n"}``."""
-    pid = np.asarray(patient_ids).astype(str)
-    if len(features) != len(pid):
-        raise ValueError(f"{len(features)} feature rows for {len(pid)} patient ids")
-    _, inverse, counts = np.unique(pid, return_inverse=True, return_counts=True)
-    queries = np.nonzero(counts[inverse] >= 2)[0]
-    if len(queries) == 0:
-        raise ValueError("precision@1 needs a patient with two or more images; none has")
-    _, idx = topk_nearest(features[queries], features, k=min(2, len(features)))
-    idx = idx.numpy()
-    # the nearest image other than the query itself (exact duplicates may come first)
-    nearest = np.where(idx[:, 0] == queries, idx[:, -1], idx[:, 0])
-    k = int(np.sum(pid[nearest] == pid[queries]))
-    value, lo, hi = wilson_interval(k, len(queries), level)
-    return {"value": value, "lo": lo, "hi": hi, "k": k, "n": int(len(queries))}
 
 
 def _finish(name, pairs, scores, predicted, features, patient_ids, n_boot, seed) -> Evaluation:

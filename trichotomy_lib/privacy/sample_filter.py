@@ -373,47 +373,6 @@ def run_filter(sources, sample_fn: Callable, defender_fn: Callable, classifier_f
                         _audit_frame(audit.to_dict("records")) if len(audit) else audit)
 
 
-# ------------------------------------------------------------------------------- summaries
-def per_source(audit: pd.DataFrame) -> pd.DataFrame:
-    """One row per source: attempts used, final guidance, candidates drawn / flagged, outcome."""
-    cand = audit[audit["candidate"] >= 0]
-    g = cand.groupby("source_index")
-    out = pd.DataFrame({
-        "attempts": g["attempt"].max() + 1,
-        "final_guidance": g["guidance"].min(),
-        "n_drawn": g.size(),
-        "n_flagged": g["flagged"].sum().astype(int),
-        "outcome": g["source_outcome"].first(),
-    })
-    chosen = cand[cand["decision"] == "chosen"].set_index("source_index")["bce"]
-    out["chosen_bce"] = chosen.reindex(out.index)
-    return out
-
-
-def filter_summary(audit: pd.DataFrame) -> dict:
-    """Headline numbers of a filter run (all plain floats/ints, JSON-ready)."""
-    cand = audit[audit["candidate"] >= 0]
-    src = per_source(audit)
-    first = cand[cand["attempt"] == 0]
-    accepted = src["outcome"] == "accepted"
-    return {
-        "n_sources": int(len(src)),
-        "n_accepted": int(accepted.sum()),
-        "n_skipped": int((~accepted).sum()),
-        "n_candidates": int(len(cand)),
-        "n_released_best": int((cand["decision"] == "chosen").sum()),
-        "n_released_second": int((cand["decision"] == "second_best").sum()),
-        "first_attempt_flag_rate": float(first["flagged"].mean()) if len(first) else float("nan"),
-        "flag_rate": float(cand["flagged"].mean()) if len(cand) else float("nan"),
-        "sources_all_flagged_first_attempt": int((src["attempts"] > 1).sum() + (~accepted & (src["attempts"] == 1)).sum()),
-        "max_attempts_used": int(src["attempts"].max()) if len(src) else 0,
-        "mean_attempts": float(src["attempts"].mean()) if len(src) else float("nan"),
-        "min_guidance": float(src["final_guidance"].min()) if len(src) else float("nan"),
-        "candidates_per_accepted": float(len(cand) / max(int(accepted.sum()), 1)),
-        "mean_chosen_bce": float(src.loc[accepted, "chosen_bce"].mean()) if accepted.any() else float("nan"),
-    }
-
-
 # ----------------------------------------------------------------- adapters for real models
 def verifier_defender_fn(verifier, source_images: torch.Tensor, batch_size: int = 256) -> Callable:
     """``defender_fn`` from a ``Verifier``: sources embedded once, each candidate scored against its source."""

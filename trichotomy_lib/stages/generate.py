@@ -29,7 +29,8 @@ from ..pipeline import Pipeline, StageContext, stage
 from ..privacy.generation import (DIADM_STREAM, EDM_CLASS_STREAM, generate_config, reuse_first_candidate,
                                   source_indices)
 from ..privacy.release import load_audit_dir, load_release_dir, make_release, save_release
-from ..privacy.sample_filter import (classifier_fn_from, filter_summary, guidance_at, run_filter,
+from ..privacy.filter_audit import filter_summary
+from ..privacy.sample_filter import (classifier_fn_from, guidance_at, run_filter,
                                      verifier_defender_fn)
 from ..releases import RELEASES, release_stage
 from .classifier import load_classifier

@@ -14,9 +14,9 @@ uniform draw unless noted.
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
+
+from ... import seeds
 
 PHANTOM_DEFAULTS: dict = dict(
     # Relative frequency of 1..8 scans per patient (truncated to max_scans, renormalised).
@@ -85,8 +85,7 @@ ACUTE_FINDINGS = ("Atelectasis", "Consolidation", "Edema", "Pleural Effusion", "
 
 def patient_rng(seed: int, site: str, index: int) -> np.random.Generator:
     """The generator of patient ``index``: depends only on (seed, site, index)."""
-    site_code = zlib.crc32(site.encode("utf-8"))
-    return np.random.default_rng(np.random.SeedSequence([int(seed), site_code, int(index)]))
+    return np.random.default_rng(seeds.sequence(seed, "phantom", site, int(index)))
 
 
 def _uniform(rng: np.random.Generator, low_high) -> float:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ...data.imageset import N_LABELS
 
-# Label-consistency reference values from the paper's code (PAPER_NOTES, "Consistency").
+# Label-consistency reference values measured with the paper's code (Dombrowski & Kainz 2025).
 PAPER_CONSISTENCY = {"sample vs its source": 0.106, "same patient": 0.166, "different patients": 0.213}
 
 

@@ -1,4 +1,4 @@
-"""Training the reference classifier: the CheXNet recipe (PAPER_NOTES, "Downstream utility").
+"""Training the reference classifier: the CheXNet recipe (Rajpurkar et al. 2017, as the paper trains it).
 
 Sigmoid outputs, binary cross-entropy, Adam, and the epoch with the lowest loss on the *real*
 validation split is the one kept. ``fit_classifier`` is a pure function of its inputs and
