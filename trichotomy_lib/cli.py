@@ -16,6 +16,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--from", dest="start", metavar="NN", help="start at this notebook")
     rep.add_argument("--data-root", help="root directory of real image files (file-list datasets)")
     rep.add_argument("--out", help="run root (default: the profile's run_root, i.e. runs/)")
+
+    from .release_cli import add_parser
+
+    add_parser(sub)
     return parser
 
 
@@ -25,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from .reproduce import main_reproduce
 
         return main_reproduce(args)
+    if args.command == "release":
+        from .release_cli import main_release
+
+        return main_release(args)
     return 2
 
 

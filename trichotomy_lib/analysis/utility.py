@@ -20,14 +20,14 @@ __all__ = ["utility_rows", "utility_main", "utility_differences", "utility_fidel
            "feature_space_note", "sample_fd"]
 
 
-def utility_rows(pipe: Pipeline) -> dict:
-    """{"rows": {row: utility_row}, "info": {row: info.json}} for "real" + ``utility.releases``
-    (each trained on first use). CIs: ``utility.n_boot`` resamples of the test images, seeded by
+def utility_rows(pipe: Pipeline, releases=None) -> dict:
+    """{"rows": {row: utility_row}, "info": {row: info.json}} for "real" + ``releases`` (default
+    ``utility.releases``; each trained on first use). CIs: ``utility.n_boot`` resamples of the test images, seeded by
     the profile's seed (the same resamples for every row: paired)."""
     u = pipe.cfg["utility"]
     y_test = load_splits(pipe, mmap=True)["test"].labels
     boot_seed = seeds.derive(int(pipe.cfg["seed"]), "utility", "bootstrap")
-    probs = {row: load_test_probs(pipe, row) for row in [REAL, *u["releases"]]}
+    probs = {row: load_test_probs(pipe, row) for row in [REAL, *(u["releases"] if releases is None else releases)]}
     rows = {row: utility_row(y_test, p, None if row == REAL else probs[REAL], u["n_boot"], boot_seed, u["level"])
             for row, p in probs.items()}
     return {"rows": rows, "info": {row: load_training_info(pipe, row) for row in probs}}
