@@ -268,7 +268,7 @@ def test_bad_images_or_labels_name_the_field(tmp_path, change, field):
     (pd.DataFrame([attacker("pixel-ball", 0.01)]).assign(control_lo=np.nan), r"control_lo: is nan"),
     ([{**attacker("a", 0.01), "patient_id": "x"}], r"unknown field\(s\) \['patient_id'\]"),
     ([{k: v for k, v in attacker("a", 0.01).items() if k != "weight"}], r"missing field\(s\) \['weight'\]"),
-    ([attacker("a", 0.01, weight=0.0)], r"weight: 0.0 is outside \(0"),
+    ([attacker("a", 0.01, weight=1.5)], r"weight: 1.5 is outside \[0"),
     ([attacker("a", 0.01, risk=0.3)], r"risk_lo <= risk <= risk_hi"),
     ([attacker("a", 0.01), attacker("a", 0.02)], "duplicate attacker"),
     ([], "no attacker rows"),

@@ -127,7 +127,7 @@ def check_privacy(table) -> list[dict]:
         if clean["attacker"] in seen:
             raise ValueError(f"{where}: duplicate attacker name")
         seen.add(clean["attacker"])
-        clean["weight"] = _number(row["weight"], f"{where}: weight", low_open=True)
+        clean["weight"] = _number(row["weight"], f"{where}: weight")  # an estimate: 0 when no held-out patient matched
         for name in ("attack", "control", "risk"):
             value = "risk" if name == "risk" else f"{name}_rate"
             _interval(row, clean, value, f"{name}_lo", f"{name}_hi", where)
