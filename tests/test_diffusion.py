@@ -311,3 +311,48 @@ def test_stage_trains_saves_and_samples_every_mode(tmp_path):
         dstage.diffusion_config({"diffusion": {"models": ["joint", "class"]}})
     with pytest.raises(ConfigError, match="diffusion.typo"):
         dstage.diffusion_config({"diffusion": {"typo": 1}})
+
+
+def test_the_paper_path_separate_models_in_latent_space(tmp_path):
+    """The paper profile's generator path on the CPU: separate uncond / class / pseudo models on
+    latents of a (tiny, project-trained shape) AutoencoderKL, the uncond model as the guide, and
+    samples decoded to pixels — through the stage and the release sampler."""
+    from diffusers import AutoencoderKL
+
+    import trichotomy_lib.stages  # noqa: F401
+    from trichotomy_lib.data.imageset import ImageSet
+    from trichotomy_lib.io import atomic_write_json
+    from trichotomy_lib.pipeline import Pipeline
+    from trichotomy_lib.stages import diffusion as dstage
+    from trichotomy_lib.stages.generate import make_sample_fn
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                  up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
+                  latent_channels=4, norm_num_groups=4, layers_per_block=1,
+                  sample_size=16).save_pretrained(tmp_path / "vae", safe_serialization=True)
+    images, labels, emb = blobs(16)
+    cfg = {"profile": "t", "seed": 1, "run_root": str(tmp_path), "data": {"image_size": 16},
+           "diffusion": {"preset": "smoke", "models": ["uncond", "class", "pseudo"], "vae_path": str(tmp_path / "vae"),
+                         "network": {"channels": [8, 16], "norm_groups": 4, "head_dim": 8, "patch_size": 1},
+                         "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2, "guide_step": 1}},
+           "generate": {"steps": 2, "batch_size": 3}}
+    pipe = Pipeline(cfg, verbose=False)
+    u8 = ((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    ImageSet(u8, labels.numpy().astype(np.uint8), np.array([f"p{i // 2}" for i in range(16)]),
+             np.array([f"s{i}" for i in range(16)])).save(pipe.path("data") / "train")
+    atomic_write_json(pipe.path("data") / "config.json", {})
+    pipe.path("encoder").mkdir(parents=True)
+    np.save(pipe.path("encoder") / "embeddings_train.npy", emb.numpy())
+    atomic_write_json(pipe.path("encoder") / "config.json", {})
+
+    models = dstage.trained_models(pipe)["models"]
+    assert sorted(models) == ["class", "pseudo", "uncond"]
+    assert models["uncond"]["network"]["in_channels"] == 4 and models["pseudo"]["network"]["embed_dim"] == 12
+    assert dstage.load_denoiser(pipe, "class").config.embed_dim == 0       # separate networks, one input each
+    assert dstage.load_guide(pipe, "pseudo", "uncond").config.label_dim == 0   # the paper's guide: the uncond model
+    assert dstage.load_codec(pipe) is not None
+    fn = make_sample_fn(pipe, "pseudo", emb.numpy())
+    x = fn(np.array([0, 1, 2]), np.array([5, 6, 7]), 1.4)
+    assert x.shape == (3, 1, 16, 16) and x.min() >= -1 and x.max() <= 1   # decoded to pixels
+    assert torch.allclose(fn(np.array([1]), np.array([6]), 1.4), x[1:2], atol=1e-5)  # per-sample seeds: batch independent
