@@ -30,6 +30,7 @@ from . import stages  # noqa: F401  (registers every stage and config section)
 from .analysis.utility import utility_rows as utility_result
 from .export import ExportRefused, attacker_rows, export_release, utility_rows
 from .pipeline import Pipeline
+from .privacy.pso import ATTACKER_LABELS
 from .releases import REAL, label
 from .stages.data import load_splits
 from .stages.generate import load_audit, load_release
@@ -41,7 +42,6 @@ RELEASE = "diadm_filter"   # the release that is exported
 STAGES = ("data", "reid_defender", "reid_auditor", "classifier", "encoder", "diffusion", "release_edm_class",
           "release_diadm_raw", "release_diadm_filter", "control_population", "privacy_eval", "utility_real",
           f"utility_{RELEASE}")
-ATTACKER_NAMES = {"ball": "auditor-embedding ball", "verifier": "auditor verdict"}
 
 
 def release_config(profile: str, filelist: str | None = None, data_root: str | None = None,
@@ -109,7 +109,7 @@ def run_release(out: str | os.PathLike, profile: str = "default", filelist: str 
         pipe.get(name)
     images, _ = load_release(pipe, RELEASE)
     df, _ = load_privacy(pipe)
-    privacy = attacker_rows(df.loc[RELEASE].to_dict(), ATTACKER_NAMES)
+    privacy = attacker_rows(df.loc[RELEASE].to_dict(), ATTACKER_LABELS)
     result = utility_result(pipe, releases=[RELEASE])
     utility = utility_rows(result["rows"], RELEASE, labels={REAL: label(REAL)},
                            n_train={k: v["n_train"] for k, v in result["info"].items()},

@@ -7,11 +7,12 @@ import pandas as pd
 
 from ..pipeline import Pipeline
 from ..privacy.audit import veto_tradeoff
+from ..privacy.pso import ATTACKER_LABELS
 from ..stages.data import load_splits
 from ..stages.privacy import load_any_release
 from ..stages.reid import load_verifier
 
-__all__ = ["privacy", "privacy_filter_tradeoff"]
+__all__ = ["privacy", "privacy_attackers", "privacy_filter_tradeoff"]
 
 
 def _ci(rate, lo, hi, digits: int = 2) -> str:
@@ -50,9 +51,31 @@ def privacy(df: pd.DataFrame, kind: str | None = None) -> pd.DataFrame:
             "chance B(n, w)": f"{f(f'{kind}_cn_baseline'):.3f}",
             "risk": _ci(f(f"{kind}_risk"), f(f"{kind}_risk_lo"), f(f"{kind}_risk_hi")),
         }
+        if "strongest_attacker" in r:
+            rows[r["label"]]["strongest attacker"] = ATTACKER_LABELS.get(r["strongest_attacker"], r["strongest_attacker"])
+            rows[r["label"]][f"its risk [{r['strongest_level']:.1%} CI: {int(r['n_attackers'])} attackers]"] = _ci(
+                f("strongest_risk"), f("strongest_risk_lo"), f("strongest_risk_hi"))
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "release"
     return out
+
+
+def privacy_attackers(df: pd.DataFrame) -> pd.DataFrame:
+    """Every attacker on every release: attack and control rates, risk [95 % CI], the risk before
+    clipping at 0, and how often an isolated patient is the released image's own source."""
+    rows = []
+    for release, r in df.iterrows():
+        for prefix, name in ATTACKER_LABELS.items():
+            if f"{prefix}_risk_hi" not in r or not np.isfinite(r[f"{prefix}_risk_hi"]):
+                continue
+            rows.append({"release": r["label"], "attacker": name,
+                         "attack": _ci(r[f"{prefix}_attack_rate"], r[f"{prefix}_attack_lo"], r[f"{prefix}_attack_hi"]),
+                         "control": _ci(r[f"{prefix}_control_rate"], r[f"{prefix}_control_lo"], r[f"{prefix}_control_hi"]),
+                         "risk": _ci(r[f"{prefix}_risk"], r[f"{prefix}_risk_lo"], r[f"{prefix}_risk_hi"]),
+                         "risk before clipping": round(float(r.get(f"{prefix}_risk_unclipped", np.nan)), 3),
+                         "isolates its source": round(float(r.get(f"{prefix}_correct_rate", np.nan)), 3),
+                         "predicates": int(r[f"{prefix}_n_predicates"])})
+    return pd.DataFrame(rows).set_index(["release", "attacker"])
 
 
 def privacy_filter_tradeoff(pipe: Pipeline, thresholds=(0.9, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)) -> pd.DataFrame:

@@ -270,7 +270,8 @@ def singling_out_risk(attack_successes: int, n_attacks: int, control_successes: 
     risk = (a - c) / (1 - c), clipped to [0, 1]. Its CI: risk ± z·σ_R with
     σ_a, σ_c = Wilson half-width / z and first-order error propagation for independent
     a, c:  σ_R² = σ_a² / (1-c)² + σ_c² (1-a)² / (1-c)⁴   (∂R/∂a = 1/(1-c),
-    ∂R/∂c = -(1-a)/(1-c)²), bounds clipped to [0, 1]. ``warning`` is set (else None)
+    ∂R/∂c = -(1-a)/(1-c)²), bounds clipped to [0, 1]; ``risk_unclipped`` is (a - c) / (1 - c)
+    before clipping (negative when the control isolates more often). ``warning`` is set (else None)
     when control >= attack (no evidence of risk) or control = 1 (risk undefined → NaN).
     """
     z = norm.ppf(0.5 + level / 2)
@@ -279,17 +280,17 @@ def singling_out_risk(attack_successes: int, n_attacks: int, control_successes: 
     sa, sc = (a_hi - a_lo) / (2 * z), (c_hi - c_lo) / (2 * z)
     warning = None
     if c >= 1.0:
-        risk = risk_lo = risk_hi = np.nan
+        risk = risk_lo = risk_hi = unclipped = np.nan
         warning = "control rate is 1: every predicate isolates by chance; risk undefined"
     else:
-        r = (a - c) / (1 - c)
+        r = unclipped = (a - c) / (1 - c)
         sr = np.sqrt(sa ** 2 / (1 - c) ** 2 + sc ** 2 * (1 - a) ** 2 / (1 - c) ** 4)
         risk, risk_lo, risk_hi = (float(np.clip(x, 0, 1)) for x in (r, r - z * sr, r + z * sr))
         if c >= a:
             warning = ("control rate >= attack rate: the attack does no better than chance "
                        "(risk reported as 0)")
     return dict(attack_rate=a, attack_ci=(a_lo, a_hi), control_rate=c, control_ci=(c_lo, c_hi),
-                risk=risk, risk_lo=risk_lo, risk_hi=risk_hi, warning=warning)
+                risk=risk, risk_lo=risk_lo, risk_hi=risk_hi, risk_unclipped=float(unclipped), warning=warning)
 
 
 def cohen_nissim_isolation_probability(n, w):

@@ -38,21 +38,35 @@ from ..data.imageset import ImageSet
 from ..evaluation.irs import nearest_neighbours
 from ..evaluation.stats import wilson_interval
 
-__all__ = ["EmbeddingCache", "rate", "veto_tradeoff", "nearest_verified", "calibrate_any_threshold", "reid_audit",
+__all__ = ["FeatureCache", "EmbeddingCache", "pixel_features", "rate", "veto_tradeoff", "nearest_verified", "calibrate_any_threshold", "reid_audit",
            "pixel_nn_distances", "nn_summary"]
 
 
-class EmbeddingCache:
-    """Auditor embeddings computed once per ImageSet object (keeps the object alive)."""
+class FeatureCache:
+    """``fn(images)`` computed once per ImageSet object (keeps the object alive)."""
 
-    def __init__(self, auditor, batch_size: int = 256):
-        self.auditor, self.batch_size, self._store = auditor, int(batch_size), {}
+    def __init__(self, fn):
+        self.fn, self._store = fn, {}
 
     def __call__(self, images: ImageSet) -> torch.Tensor:
         key = id(images)
         if key not in self._store:
-            self._store[key] = (images, self.auditor.embed(images, batch_size=self.batch_size))
+            self._store[key] = (images, torch.as_tensor(self.fn(images)).float())
         return self._store[key][1]
+
+
+class EmbeddingCache(FeatureCache):
+    """Auditor embeddings computed once per ImageSet object."""
+
+    def __init__(self, auditor, batch_size: int = 256):
+        super().__init__(lambda images: auditor.embed(images, batch_size=int(batch_size)))
+        self.auditor = auditor
+
+
+def pixel_features(images: ImageSet, max_size: int | None = 64) -> torch.Tensor:
+    """The whole image as a feature vector (pixels in [-1, 1]), area-downsampled to at most
+    ``max_size``² — the space of the pixel-ball attacker and of the NN copy detector."""
+    return _flat(images, max_size)
 
 
 def rate(flags, level: float = 0.95, prefix: str = "") -> dict:

@@ -56,7 +56,7 @@ from ..evaluation.stats import cohen_nissim_isolation_probability, singling_out_
 from .audit import EmbeddingCache, nn_summary, pixel_nn_distances, reid_audit
 from .. import seeds
 
-__all__ = ["PRIVACY_DEFAULTS", "PREDICATES", "privacy_config", "Population", "patient_scores",
+__all__ = ["PRIVACY_DEFAULTS", "PREDICATES", "ATTACKER_SPACES", "ATTACKER_LABELS", "strongest_attacker", "privacy_config", "Population", "patient_scores",
            "calibrate_threshold", "count_matches", "evaluate_pso", "evaluate_release"]
 
 PREDICATES = ("verifier", "ball")
@@ -78,7 +78,15 @@ PRIVACY_DEFAULTS: dict = {
     "nn_max_size": 64,           # pixel NN distances on images area-downsampled to at most this size
     "level": 0.95,               # confidence level of every interval
     "batch_size": 256,           # images per auditor forward pass
+    # Attackers beyond the auditor's two: a ball predicate in each of these feature spaces
+    # ("pixels": the whole image; "encoder": the pseudo-conditioning encoder the generator is
+    # conditioned on; "defender": the filter's own verifier). The headline is the strongest.
+    "attackers": ["pixels", "encoder", "defender"],
 }
+ATTACKER_SPACES = ("pixels", "encoder", "defender")
+# Row-field prefix of every attacker → its display name.
+ATTACKER_LABELS = {"ball": "auditor-embedding ball", "verifier": "auditor verdict", "pixels_ball": "pixel ball",
+                   "encoder_ball": "conditioning-encoder ball", "defender_ball": "defender-embedding ball"}
 
 
 def privacy_config(cfg: dict) -> dict:
@@ -104,6 +112,10 @@ def privacy_config(cfg: dict) -> dict:
         if p[key] is not None and not (isinstance(p[key], int) and p[key] >= 2):
             raise ValueError(f"privacy.{key} must be an integer >= 2 or null, got {p[key]!r}")
     p["predicates"] = kinds
+    spaces = list(p["attackers"] or [])
+    if any(s not in ATTACKER_SPACES for s in spaces) or len(set(spaces)) != len(spaces):
+        raise ValueError(f"privacy.attackers must be distinct names from {ATTACKER_SPACES}, got {spaces!r}")
+    p["attackers"] = spaces
     return p
 
 
@@ -259,7 +271,8 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
             "attack_successes": int(att.sum()), "control_successes": int(ctl.sum()),
             "attack_rate": risk["attack_rate"], "attack_lo": risk["attack_ci"][0], "attack_hi": risk["attack_ci"][1],
             "control_rate": risk["control_rate"], "control_lo": risk["control_ci"][0], "control_hi": risk["control_ci"][1],
-            "risk": risk["risk"], "risk_lo": risk["risk_lo"], "risk_hi": risk["risk_hi"], "warning": risk["warning"],
+            "risk": risk["risk"], "risk_lo": risk["risk_lo"], "risk_hi": risk["risk_hi"],
+            "risk_unclipped": risk["risk_unclipped"], "warning": risk["warning"],
             "matches_train_mean": float(cnt_t.mean()), "matches_control_mean": float(cnt_c.mean()),
         }
         if src is not None:
@@ -272,9 +285,34 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
 
 
 # ----------------------------------------------------------------------------- one release
+def strongest_attacker(row: dict, attackers, level: float = 0.95) -> dict:
+    """The attacker with the largest upper risk bound, the bound corrected for having tried
+    ``m = len(attackers)`` of them (Bonferroni: each interval at level 1 − (1 − level)/m).
+
+    ``row`` holds ``"<attacker>_attack_successes"``, ``"_n_predicates"``,
+    ``"_control_successes"`` (``evaluate_pso`` fields). Returns ``{"strongest_attacker",
+    "strongest_risk", "strongest_risk_lo", "strongest_risk_hi", "strongest_level", "n_attackers"}``.
+    """
+    attackers = list(attackers)
+    if not attackers:
+        raise ValueError("no attacker to take the maximum over")
+    corrected = 1 - (1 - level) / len(attackers)
+    best = None
+    for name in attackers:
+        n = int(row[f"{name}_n_predicates"])
+        r = singling_out_risk(int(row[f"{name}_attack_successes"]), n, int(row[f"{name}_control_successes"]), n,
+                              corrected)
+        key = (-1.0 if not np.isfinite(r["risk_hi"]) else r["risk_hi"], r["risk"] if np.isfinite(r["risk"]) else -1.0)
+        if best is None or key > best[0]:
+            best = (key, name, r)
+    _, name, r = best
+    return {"strongest_attacker": name, "strongest_risk": r["risk"], "strongest_risk_lo": r["risk_lo"],
+            "strongest_risk_hi": r["risk_hi"], "strongest_level": corrected, "n_attackers": len(attackers)}
+
+
 def evaluate_release(release: ImageSet, source_index, train: ImageSet, control: ImageSet, auditor, cfg: dict,
                      heldout: ImageSet | None = None, reference: ImageSet | None = None,
-                     embed=None, name: str = "release") -> dict:
+                     embed=None, name: str = "release", spaces: dict | None = None) -> dict:
     """Audit + singling-out attack of one release → a flat dict (one table row).
 
     Args:
@@ -292,6 +330,11 @@ def evaluate_release(release: ImageSet, source_index, train: ImageSet, control: 
             split); None: no reference (``nn_ratio``/``nn_close_*`` NaN).
         embed: ``ImageSet -> embeddings`` (default an ``EmbeddingCache`` of the auditor).
         name: the release's name (seeds its predicate subsample).
+        spaces: further attackers, ``{space name: ImageSet -> (N, D) features}`` (e.g. raw
+            pixels, the pseudo-conditioning encoder, the defender's embedding): each gets the
+            ball predicate in its own space, calibrated like the auditor's, with fields
+            ``"<space>_ball_<field>"``. The headline is the strongest of all attackers
+            (``strongest_attacker``).
 
     Returns ``{"release": name, "n_released", audit fields (see ``audit.reid_audit``),
     nn_* fields, "<kind>_<field>" for every predicate kind (see ``evaluate_pso``), and the
@@ -329,7 +372,23 @@ def evaluate_release(release: ImageSet, source_index, train: ImageSet, control: 
                        verifier_threshold=p["verifier_threshold"], seed=seed, level=p["level"])
     for kind, fields in res.items():
         row.update({f"{kind}_{k}": v for k, v in fields.items()})
+    attackers = list(res)
+    for space, features in (spaces or {}).items():
+        feats = {k: features(s) for k, s in (("train", train), ("control", control),
+                                             ("heldout", heldout if heldout is not None else control))}
+        pred = features(release)
+        for what, x in (("release", pred), *feats.items()):
+            if not torch.isfinite(torch.as_tensor(x)).all():
+                raise ValueError(f"attacker space {space!r}: the {what} features contain NaN or infinite values")
+        space_pops = {k: Population(torch.as_tensor(v), s.patient_ids) for (k, v), s in
+                      zip(feats.items(), (train, control, heldout if heldout is not None else control))}
+        ball = evaluate_pso(torch.as_tensor(pred)[torch.from_numpy(pick)], src_pids, space_pops["train"],
+                            space_pops["control"], space_pops["heldout"], None, kinds=("ball",),
+                            weight_factor=p["weight_factor"], seed=seed, level=p["level"])["ball"]
+        row.update({f"{space}_ball_{k}": v for k, v in ball.items()})
+        attackers.append(f"{space}_ball")
     row.update({f"pso_{k}": v for k, v in res[p["primary"]].items()})
     row["pso_kind"] = p["primary"]
+    row.update(strongest_attacker(row, attackers, p["level"]))
     row["nn_distances"], row["nn_reference"] = dist, ref
     return row

@@ -27,9 +27,11 @@ from ..io import atomic_path, atomic_write_json, to_jsonable
 from ..pipeline import Pipeline, StageContext, stage
 from ..privacy.controls import (control_population, filelist_populations, negative_control_release,
                                 positive_control_release)
+from ..privacy.audit import FeatureCache, pixel_features
 from ..privacy.pso import EmbeddingCache, evaluate_release, privacy_config
 from ..releases import CONTROLS, RELEASES, label, release_stages
 from .data import load_splits
+from .encoder import load_encoder
 from .generate import load_release
 from .reid import load_verifier
 
@@ -89,8 +91,27 @@ def load_any_release(pipe: Pipeline, name: str) -> tuple[ImageSet, np.ndarray | 
     return release, np.asarray(source_index)
 
 
+def attacker_spaces(pipe: Pipeline, names) -> dict:
+    """``{name: ImageSet -> features}`` of the attackers beyond the auditor (``privacy.attackers``)."""
+    params = pipe.cfg["privacy"]
+    spaces = {}
+    for name in names:
+        if name == "pixels":
+            spaces[name] = FeatureCache(lambda s: pixel_features(s, params["nn_max_size"]))
+        elif name == "encoder":
+            encoder = load_encoder(pipe)
+            spaces[name] = FeatureCache(lambda s, e=encoder: e.embed(s.tensor(), batch_size=params["batch_size"]))
+        elif name == "defender":
+            defender = load_verifier(pipe, "defender")
+            spaces[name] = FeatureCache(lambda s, d=defender: d.embed(s, batch_size=params["batch_size"]))
+        else:
+            raise ValueError(f"unknown attacker space {name!r}")
+    return spaces
+
+
 @stage("privacy_eval", keys=("seed", "privacy"),
-       deps=("data", "reid_auditor", "control_population", *release_stages()), version=3)
+       deps=("data", "encoder", "reid_defender", "reid_auditor", "control_population", *release_stages()),
+       version=4)
 def privacy_eval_stage(ctx: StageContext) -> None:
     """Audit + singling-out attack of every release (controls first) → results table."""
     pipe = ctx.pipeline
@@ -98,12 +119,13 @@ def privacy_eval_stage(ctx: StageContext) -> None:
     splits, pops = load_splits(pipe), load_populations(pipe)
     auditor = load_verifier(pipe, "auditor")   # the AUDITOR only — never the defender
     embed = EmbeddingCache(auditor, params["batch_size"])
+    spaces = attacker_spaces(pipe, params["attackers"])
     train, reference = splits["train"], splits["test"]
     rows, arrays = [], {}
     for name in tqdm([*CONTROLS, *RELEASES], desc="privacy_eval", unit="release"):
         release, source_index = load_any_release(pipe, name)
         row = evaluate_release(release, source_index, train, pops["control"], auditor, ctx.config.to_dict(),
-                               heldout=pops["weight"], reference=reference, embed=embed, name=name)
+                               heldout=pops["weight"], reference=reference, embed=embed, name=name, spaces=spaces)
         arrays[name] = row.pop("nn_distances")
         arrays["reference"] = row.pop("nn_reference")
         row["label"] = label(name)
@@ -119,7 +141,7 @@ def load_privacy(pipe: Pipeline) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     rows = json.loads((path / "results.json").read_text())["rows"]
     df = pd.DataFrame(rows).set_index("release")
     for col in df.columns:                      # NaN was stored as null: back to float columns
-        if df[col].dtype == object and col not in ("label", "weight_source", "pso_kind"):
+        if df[col].dtype == object and col not in ("label", "weight_source", "pso_kind", "strongest_attacker"):
             converted = pd.to_numeric(df[col], errors="coerce")
             if converted.notna().sum() == df[col].notna().sum():
                 df[col] = converted
