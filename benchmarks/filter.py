@@ -111,11 +111,12 @@ def main() -> None:
 
     rows = []
     for name, arm in arms.items():
-        sample_fn, defender, classifier, source_probs = generate.filter_models(pipe, train, solver=arm["solver"],
-                                                                               steps=arm["steps"])
+        m = generate.filter_models(pipe, train, solver=arm["solver"], steps=arm["steps"])
+        sample_fn, defender, classifier, source_probs = m.sample_fn, m.defender_fn, m.classifier_fn, m.source_probs
         params = {**g["filter"], **{key: arm[key] for key in ("chunk_size", "round_size", "min_survivors")}}
         start = time.perf_counter()
-        res = flt.run_filter(sources, sample_fn, defender, classifier, source_probs, params, stream, progress=True)
+        res = flt.run_filter(sources, sample_fn, defender, classifier, source_probs, params, stream, progress=True,
+                             copy_fn=m.copy_fn)
         seconds = time.perf_counter() - start
         summary = filter_summary(res.audit)
         best, src, _ = res.select(0)

@@ -122,7 +122,7 @@ def test_real_tiny_auditor_end_to_end():
     (copies) must score a higher singling-out risk than held-out real patients."""
     from trichotomy_lib.data.build import build_dataset
     from trichotomy_lib.privacy.controls import control_population
-    from trichotomy_lib.privacy.pso import evaluate_release
+    from trichotomy_lib.privacy.attack import evaluate_release
     from trichotomy_lib.privacy.reid_train import REID_DEFAULTS, train_verifier
 
     data_cfg = {"n_patients": 60, "image_size": 16, "max_scans": 4}

@@ -137,3 +137,27 @@ def test_identical_across_processes_with_different_hash_seeds():
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+def test_variants_render_the_datasets_patients_new_scans_and_swapped_acquisitions():
+    from trichotomy_lib.data.phantom import variants
+
+    ds = generate_phantom(6, image_size=32, seed=9, site="a", max_scans=4)
+    r = variants._Renderer(32, "a", None, None)
+    # the renderer draws exactly what generate_phantom drew: scan k of patient i, re-rendered alone
+    for i in range(3):
+        patient, findings, seed_seq = r.patient(9, "a", i, 4)
+        k = len(findings) - 1
+        scan_rng = np.random.default_rng(seed_seq.spawn(len(findings))[k])
+        from trichotomy_lib.data.phantom.params import sample_scan
+
+        image = r.render(patient, [sample_scan(scan_rng, r.cfg, r.site_cfg)], [findings[k]], [scan_rng])[0]
+        assert np.array_equal(image, ds.images[list(ds.names).index(f"a-p{i:05d}/s{k:02d}")])
+    assert variants.patient_index("a-p00012") == 12 and variants.patient_index("ctrl:a-p00003") == 3
+    fresh = variants.new_scans([0, 1], seed=9, max_scans=4)
+    assert fresh.shape == (2, 32, 32) and fresh.dtype == np.uint8
+    assert not any(np.array_equal(fresh[0], im) for im in ds.images)   # a new image of patient 0
+    swap = variants.acquisition_swap([(0, 0)], [1], seed=9, max_scans=4)
+    assert swap.shape == (1, 32, 32) and not any(np.array_equal(swap[0], im) for im in ds.images)
+    with pytest.raises(ValueError, match="own patient"):
+        variants.acquisition_swap([(0, 0)], [0], seed=9, max_scans=4)

@@ -17,8 +17,9 @@ import torch
 from trichotomy_lib.data.imageset import ImageSet
 from trichotomy_lib.privacy.controls import (control_population, filelist_populations, negative_control_release,
                                              positive_control_release)
-from trichotomy_lib.privacy.pso import (Population, calibrate_threshold, count_matches, evaluate_pso,
-                                        evaluate_release, patient_scores, privacy_config)
+from trichotomy_lib.privacy.attack import evaluate_release
+from trichotomy_lib.privacy.pso import (Population, calibrate_threshold, count_matches, evaluate_pso, patient_scores,
+                                        privacy_config)
 from trichotomy_lib.privacy.reid_model import Verifier
 
 SIZE, DIM = 16, 16
@@ -217,16 +218,17 @@ def test_control_population_phantom():
 
 
 def test_filelist_populations_are_patient_disjoint(world):
-    val, test = make_population("va", 12, 8), make_population("te", 12, 9, single_label=False)
+    val, test = make_population("va", 16, 8), make_population("te", 16, 9, single_label=False)
     parts = filelist_populations(val, test, seed=1)
     ids = {k: set(v.patient_ids) for k, v in parts.items()}
-    assert not ids["control"] & ids["weight"] and not ids["control"] & ids["negative"]
-    assert not ids["weight"] & ids["negative"]
+    for x, y in (("control", "weight"), ("control", "negative"), ("weight", "negative"), ("auditor", "control"),
+                 ("auditor", "weight"), ("auditor", "negative")):
+        assert not ids[x] & ids[y], (x, y)
     # every patient lands in exactly one part, unless it only had multi-label images and went to
     # control/weight (train-like: single-label only)
     both = ImageSet(*(np.concatenate([getattr(val, f), getattr(test, f)]) for f in ("images", "labels", "patient_ids", "names")))
     has_single = {p for p, lab in zip(both.patient_ids, both.labels) if lab.sum() <= 1}
-    union = ids["control"] | ids["weight"] | ids["negative"]
+    union = ids["control"] | ids["weight"] | ids["negative"] | ids["auditor"]
     assert has_single <= union <= set(both.patient_ids)
     neg = parts["negative"]                           # the release keeps every image of its patients
     assert len(neg) == int(np.isin(both.patient_ids, list(ids["negative"])).sum())

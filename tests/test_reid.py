@@ -242,42 +242,31 @@ def test_pairs_balanced_within_split_and_complete():
     assert all(np.array_equal(x, y) for x, y in zip((pairs.a, pairs.b, pairs.label), (again.a, again.b, again.label)))
 
 
-def test_defender_and_auditor_pair_sets_are_disjoint():
-    from trichotomy_lib.stages.reid import role_seed, role_train_set
-
-    train = identity_set(30, 3, seed=0)
-    halves = split_patients(train.patient_ids, seed=3)
-    assert not (halves[0] & halves[1]).any() and (halves[0] | halves[1]).all()
-    names = {}
-    for role in ("defender", "auditor"):
-        part = role_train_set(train, 42, role)
-        pairs = sample_pairs(part.patient_ids, role_seed(42, role))
-        names[role] = {tuple(sorted(p)) for p in zip(part.names[pairs.a], part.names[pairs.b])}
-        names[role + "_patients"] = set(part.patient_ids)
-    assert names["defender"] and names["auditor"]
-    assert not names["defender"] & names["auditor"]
-    assert not names["defender_patients"] & names["auditor_patients"]
-    assert role_seed(42, "defender") != role_seed(42, "auditor")
-
-
-def test_extra_patients_are_fresh_and_role_specific():
+def test_the_auditor_is_a_third_party_and_the_defender_sees_the_training_patients():
     from trichotomy_lib.data import generate_phantom
-    from trichotomy_lib.stages.reid import role_train_set
+    from trichotomy_lib.privacy.controls import control_population
+    from trichotomy_lib.privacy.roles import auditor_population, auditor_split, defender_train_set
 
     data_cfg = {"source": "phantom", "image_size": 16, "n_patients": 12}
     train = generate_phantom(12, image_size=16, seed=42)
-    parts = {role: role_train_set(train, 42, role, data_cfg, extra_patients=5) for role in ("defender", "auditor")}
-    own = {role: set(role_train_set(train, 42, role).patient_ids) for role in parts}
-    for role, part in parts.items():
-        extra = set(part.patient_ids) - own[role]
-        assert len(extra) == 5 and not extra & set(train.patient_ids)     # 5 patients no split has
-        assert own[role] <= set(part.patient_ids)
-    assert not set(parts["defender"].patient_ids) & set(parts["auditor"].patient_ids)
-    assert not set(parts["defender"].names) & set(parts["auditor"].names)
+    defender = defender_train_set(train, 42, data_cfg, extra_patients=5)
+    assert set(train.patient_ids) <= set(defender.patient_ids)           # every training patient
+    extra = set(defender.patient_ids) - set(train.patient_ids)
+    assert len(extra) == 5                                               # + 5 fresh ones
+    pool = auditor_population(data_cfg, 20, 42)
+    a_train, a_val = auditor_split(pool, 42)
+    others = {name: set(control_population(data_cfg, 12, 42, name, prefix).patient_ids)
+              for name, prefix in (("control", "ctrl"), ("weight", "wt"))}
+    auditor = set(pool.patient_ids)
+    assert len(auditor) == 20 and not auditor & set(train.patient_ids) and not auditor & set(defender.patient_ids)
+    assert not auditor & others["control"] and not auditor & others["weight"]
+    assert not set(a_train.patient_ids) & set(a_val.patient_ids) and len(set(a_val.patient_ids)) == 4
     with pytest.raises(ValueError, match="extra_patients generates PhantomCXR"):
-        role_train_set(train, 42, "defender", {"source": "filelist"}, extra_patients=5)
+        defender_train_set(train, 42, {"source": "filelist"}, extra_patients=5)
     with pytest.raises(ValueError, match="integer >= 0"):
-        role_train_set(train, 42, "defender", data_cfg, extra_patients=-1)
+        defender_train_set(train, 42, data_cfg, extra_patients=-1)
+    with pytest.raises(ValueError, match="auditor_patients"):
+        auditor_population(data_cfg, 1, 42)
 
 
 # ------------------------------------------------------------------------------ training
@@ -348,7 +337,12 @@ def test_stages_train_independent_verifiers(tmp_path, monkeypatch):
         for name, (n, seed, first) in {"train": (40, 0, 0), "val": (10, 1, 100), "test": (12, 2, 200)}.items():
             identity_set(n, 3, seed=seed, first=first).save(ctx.out / name)
 
+    def fake_populations(ctx):
+        identity_set(20, 3, seed=5, first=300).save(ctx.out / "auditor")   # the auditor's own patients
+
     monkeypatch.setitem(pipeline.STAGES, "data", pipeline.Stage("data", fake_data, ("seed", "data")))
+    monkeypatch.setitem(pipeline.STAGES, "control_population",
+                        pipeline.Stage("control_population", fake_populations, ("seed",), ("data",)))
     cfg = {"profile": "test", "seed": 3, "run_root": str(tmp_path), "data": {},
            "reid": {**TINY, "epochs": 2, "n_boot": 20}}
     pipe = pipeline.Pipeline(cfg, run_dir=tmp_path, verbose=False)
@@ -358,7 +352,7 @@ def test_stages_train_independent_verifiers(tmp_path, monkeypatch):
     assert not torch.equal(defender.head.weight, auditor.head.weight)
     info = reid_tables.independence(pipe)
     assert info["shared_patients"] == info["shared_images"] == info["shared_pairs"] == 0
-    assert info["defender"]["n_patients"] + info["auditor"]["n_patients"] == 40
+    assert info["defender"]["n_patients"] == 40 and info["auditor"]["n_patients"] == 16   # 4 of its 20 choose the epoch
     assert info["defender"]["seed"] != info["auditor"]["seed"]
     report = reid_tables.evaluate(pipe)
     assert set(report) == {"defender", "auditor", "raw pixels"}

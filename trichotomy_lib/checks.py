@@ -24,8 +24,10 @@ CHECK_DEFAULTS: dict = {
     "classifier_auroc": None,     # 02, 07: mean test AUROC of the real-data classifier (>= this)
     "class_guided_auroc": None,   # 04: mean AUROC of class-conditional samples at w = 2, by the reference classifier
     "veto_fires": None,           # 05: fraction of first-attempt candidates the defender vetoes (>= this)
-    "positive_risk": None,        # 06: singling-out risk of the positive control (>= this)
+    "positive_risk": None,        # 06: strongest attacker's risk on noised copies of the training set (>= this)
     "positive_all_rate": None,    # 06: positive control re-identified against the training set (>= this)
+    "controls_monotone": None,    # 06: share of (leak ladder, attacker) whose risk falls as the leak weakens (>= this)
+    "veto_sensitivity": None,     # 06: the filter's lowest veto rate on planted near-duplicates (>= this)
     "cross_site_diagonal": None,  # 07: true: each site's own test AUROC beats the off-diagonal mean
 }
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}

@@ -44,10 +44,10 @@ def candidate_examples(pipe: Pipeline, sources, attempt: int = 0) -> tuple[np.nd
     (exactly the images the filter judged) → (images (n, K, H, W) uint8, one row per candidate:
     source_index, candidate, seed, guidance, defender_prob, flagged, bce, decision)."""
     train = load_splits(pipe)["train"]
-    sample_fn, defender, classifier, source_probs = filter_models(pipe, train)
+    m = filter_models(pipe, train)
     stream = seeds.stream_id(int(pipe.cfg["seed"]), *DIADM_STREAM)
-    return redraw_candidates(sources, attempt, pipe.cfg["generate"]["filter"], stream, sample_fn, defender, classifier,
-                             source_probs, load_audit(pipe))
+    return redraw_candidates(sources, attempt, m.params, stream, m.sample_fn, m.defender_fn,
+                             m.classifier_fn, m.source_probs, load_audit(pipe), copy_fn=m.copy_fn)
 
 
 def generate_label_consistency(audit: pd.DataFrame) -> pd.DataFrame:

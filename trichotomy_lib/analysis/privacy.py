@@ -9,10 +9,12 @@ from ..pipeline import Pipeline
 from ..privacy.audit import veto_tradeoff
 from ..privacy.pso import ATTACKER_LABELS
 from ..stages.data import load_splits
+from ..stages.generate import release_info
 from ..stages.privacy import load_any_release
 from ..stages.reid import load_verifier
 
-__all__ = ["privacy", "privacy_attackers", "privacy_filter_tradeoff"]
+__all__ = ["privacy", "privacy_attackers", "privacy_controls", "controls_monotone", "filter_reliability",
+           "privacy_filter_tradeoff"]
 
 
 def _ci(rate, lo, hi, digits: int = 2) -> str:
@@ -78,18 +80,63 @@ def privacy_attackers(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["release", "attacker"])
 
 
+def _attackers_in(df: pd.DataFrame) -> list[str]:
+    return [prefix for prefix in ATTACKER_LABELS if f"{prefix}_risk_hi" in df.columns]
+
+
+def privacy_controls(controls: pd.DataFrame) -> pd.DataFrame:
+    """Graded leaks and negative controls: every attacker's risk [95 % CI] per control release,
+    and the strongest attacker (its bound corrected for the number of attackers)."""
+    rows = {}
+    for name, r in controls.iterrows():
+        row = {"family": r["family"]}
+        for prefix in _attackers_in(controls):
+            row[ATTACKER_LABELS[prefix]] = _ci(r[f"{prefix}_risk"], r[f"{prefix}_risk_lo"], r[f"{prefix}_risk_hi"])
+        row["strongest"] = ATTACKER_LABELS.get(r["strongest_attacker"], r["strongest_attacker"])
+        row["its risk (corrected CI)"] = _ci(r["strongest_risk"], r["strongest_risk_lo"], r["strongest_risk_hi"])
+        rows[name] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "control release"
+    return out
+
+
+def controls_monotone(controls: pd.DataFrame, tolerance: float = 0.05) -> pd.DataFrame:
+    """Per ladder (noise, blur, shift) and attacker: does the risk fall (within ``tolerance``) as
+    the leak weakens? One row per (family, attacker) with the risks in ladder order."""
+    rows = []
+    for family, part in controls[controls["parameter"].notna()].groupby("family"):
+        part = part.sort_values("parameter")
+        for prefix in _attackers_in(controls):
+            risk = part[f"{prefix}_risk"].to_numpy(float)
+            rows.append({"family": family, "attacker": ATTACKER_LABELS[prefix],
+                         "risks (strong → weak leak)": ", ".join(f"{x:.2f}" for x in risk),
+                         "falls": bool(np.all(np.diff(risk) <= tolerance))})
+    return pd.DataFrame(rows).set_index(["family", "attacker"])
+
+
+def filter_reliability(table: pd.DataFrame) -> pd.DataFrame:
+    """The reliability table with its verdict per row: sensitivity rows should be vetoed,
+    the unseen-patient row should pass."""
+    out = table.copy()
+    first = next(c for c in out.columns if c.startswith("vetoed ("))
+    out["verdict"] = np.where(out["should veto"], "sensitivity " + (out[first] * 100).round(1).astype(str) + " %",
+                              "specificity " + ((1 - out[first]) * 100).round(1).astype(str) + " %")
+    return out
+
+
 def privacy_filter_tradeoff(pipe: Pipeline, thresholds=(0.9, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)) -> pd.DataFrame:
-    """The filter's veto threshold vs what the AUDITOR still finds (``audit.veto_tradeoff``), on
-    the raw DiADM release (each source's first candidate, before any veto). Reads the defender
-    too: an analysis of the filter's operating point, not part of the audit, which never uses
-    the defender. Indexed by threshold; the profile's own threshold is marked."""
+    """The defender's veto threshold vs what the AUDITOR still finds (``audit.veto_tradeoff``), on
+    the raw DiADM release (each source's first candidate, before any veto), the defender
+    comparing with the source image only (the near-copy rule aside). Reads the defender too: an
+    analysis of the filter's operating point, not part of the audit. Indexed by threshold; the
+    threshold the filter ran with is marked."""
     release, source_index = load_any_release(pipe, "diadm_raw")
     train = load_splits(pipe)["train"].subset(np.asarray(source_index))
     probs = {}
     for role in ("defender", "auditor"):
         v = load_verifier(pipe, role)
         probs[role] = v.probability(v.score_pairs(v.embed(release), v.embed(train))).numpy()
-    used = float(pipe.cfg["generate"]["filter"]["threshold"])
+    used = float(release_info(pipe, "diadm_filter")["veto_threshold"])  # the threshold the filter ran with
     rows = veto_tradeoff(probs["defender"], probs["auditor"], sorted({*map(float, thresholds), used}, reverse=True),
                          auditor_threshold=float(pipe.cfg["privacy"]["audit_threshold"]))
     df = pd.DataFrame(rows).set_index("threshold")

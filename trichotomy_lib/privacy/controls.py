@@ -32,8 +32,9 @@ from .. import seeds
 __all__ = ["control_population", "filelist_populations", "positive_control_release",
            "negative_control_release", "prefix_ids", "single_label"]
 
-# Fraction of the val + test patients going to (control, weight, negative) for file-list data.
-FILELIST_FRACTIONS = (0.5, 0.25, 0.25)
+# Fraction of the val + test patients going to (control, weight, negative, auditor) for file-list data.
+FILELIST_FRACTIONS = (0.4, 0.2, 0.2, 0.2)
+FILELIST_PARTS = ("control", "weight", "negative", "auditor")
 
 
 def prefix_ids(images: ImageSet, prefix: str) -> ImageSet:
@@ -95,33 +96,36 @@ def control_population(data_cfg: dict | None, n_patients: int, seed: int, stream
 
 
 def filelist_populations(val: ImageSet, test: ImageSet, seed: int,
-                         fractions: tuple[float, float, float] = FILELIST_FRACTIONS) -> dict[str, ImageSet]:
+                         fractions: tuple[float, ...] = FILELIST_FRACTIONS) -> dict[str, ImageSet]:
     """Held-out populations for file-list data: the val + test patients, split by patient.
 
-    Returns ``{"control", "weight", "negative"}`` (patient-disjoint, fractions of the
-    patients given by ``fractions``, default 0.5 / 0.25 / 0.25, seeded by
+    Returns ``{"control", "weight", "negative", "auditor"}`` (patient-disjoint, fractions of
+    the patients given by ``fractions``, default 0.4 / 0.2 / 0.2 / 0.2, seeded by
     ``seeds.derive(seed, "privacy", "filelist")``). Only single-label images are kept in
-    "control" and "weight" (train-like); "negative" keeps everything (it is a release).
+    "control" and "weight" (train-like); "negative" keeps everything (it is a release);
+    "auditor" is what the third-party auditor verifier trains on — patients the attack never
+    plays on, the stand-in for a public re-identification set the data holder does not have.
     Much smaller than the training population: ``pso.evaluate_pso`` then plays the attack on
     an equally sized subsample of training patients.
     """
     fr = np.asarray(fractions, dtype=float)
-    if fr.shape != (3,) or (fr <= 0).any() or abs(fr.sum() - 1) > 1e-6:
-        raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}")
+    if fr.shape != (len(FILELIST_PARTS),) or (fr <= 0).any() or abs(fr.sum() - 1) > 1e-6:
+        raise ValueError(f"fractions must be {len(FILELIST_PARTS)} positive numbers summing to 1, got {fractions}")
     both = ImageSet(*(np.concatenate([np.asarray(getattr(val, f)), np.asarray(getattr(test, f))])
                       for f in ("images", "labels", "patient_ids", "names")))
     patients = np.unique(both.patient_ids.astype(str))
-    if len(patients) < 3:
-        raise ValueError(f"val + test hold {len(patients)} patient(s); need at least 3 for control, "
-                         "weight and negative-control populations")
+    need = 2 * len(FILELIST_PARTS)
+    if len(patients) < need:
+        raise ValueError(f"val + test hold {len(patients)} patient(s); need at least {need} for the control, "
+                         "weight, negative-control and auditor populations")
     perm = seeds.rng(seed, "privacy", "filelist").permutation(patients)
-    cuts = np.round(np.cumsum(fr)[:2] * len(perm)).astype(int)
-    cuts = np.clip(cuts, [1, 2], [len(perm) - 2, len(perm) - 1])
+    cuts = np.round(np.cumsum(fr)[:-1] * len(perm)).astype(int)
+    cuts = np.clip(cuts, 2 * np.arange(1, len(cuts) + 1), len(perm) - 2 * np.arange(len(cuts), 0, -1))
     groups = np.split(perm, cuts)
     out = {}
-    for name, group in zip(("control", "weight", "negative"), groups):
+    for name, group in zip(FILELIST_PARTS, groups):
         part = both.subset(np.isin(both.patient_ids.astype(str), group))
-        out[name] = part if name == "negative" else single_label(part)
+        out[name] = part if name in ("negative", "auditor") else single_label(part)
     return out
 
 

@@ -96,7 +96,8 @@ def reuse_first_candidate(sample_fn: Callable, raw_images: np.ndarray, raw_sourc
 
 
 def redraw_candidates(sources, attempt: int, filter_params: dict, stream: int, sample_fn: Callable,
-                      defender_fn: Callable, classifier_fn: Callable, source_probs, audit: pd.DataFrame):
+                      defender_fn: Callable, classifier_fn: Callable, source_probs, audit: pd.DataFrame,
+                      copy_fn: Callable | None = None):
     """All K candidates of ``attempt`` for a few ``sources``, redrawn from their seeds — exactly
     the images the filter judged — with the defender's and the label-consistency scores.
 
@@ -113,9 +114,11 @@ def redraw_candidates(sources, attempt: int, filter_params: dict, stream: int, s
     images = images_to_uint8(sample_fn(src, sample_seeds, guidance))
     x = uint8_to_tensor(images)
     prob = np.asarray(defender_fn(src, x))
+    ratio = np.full(len(src), np.inf) if copy_fn is None else np.asarray(copy_fn(x), dtype=np.float64)
     bce = label_consistency(source_probs[src], classifier_fn(x))
     table = pd.DataFrame({"source_index": src, "candidate": j, "seed": sample_seeds, "guidance": guidance,
-                          "defender_prob": prob, "flagged": prob >= filter_params["threshold"], "bce": bce})
+                          "defender_prob": prob, "copy_ratio": ratio,
+                          "flagged": (prob >= filter_params["threshold"]) | (ratio < 1), "bce": bce})
     drawn = audit[audit["attempt"] == attempt][["seed", "decision"]]
     table = table.merge(drawn, on="seed", how="left")
     table["decision"] = table["decision"].fillna("not drawn")

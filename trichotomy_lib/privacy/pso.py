@@ -41,8 +41,8 @@ same/different at 0.5, not to rank, and its logit saturates (near-copies and gen
 similar patients get the same top score), so at a weight far below 1/n it has little room;
 distance in the same auditor embedding keeps ranking. Both kinds are always reported.
 
-``evaluate_release`` runs the re-identification audit (``audit.py``) and this attack on one
-release.
+``attack.py`` plays this game for every attacker on one release (``attack_release``) and adds
+the re-identification audit (``evaluate_release``).
 """
 
 from __future__ import annotations
@@ -51,13 +51,11 @@ import numpy as np
 import torch
 
 from ..config import section
-from ..data.imageset import ImageSet
 from ..evaluation.stats import cohen_nissim_isolation_probability, singling_out_risk, wilson_interval
-from .audit import EmbeddingCache, nn_summary, pixel_nn_distances, reid_audit
 from .. import seeds
 
-__all__ = ["PRIVACY_DEFAULTS", "PREDICATES", "ATTACKER_SPACES", "ATTACKER_LABELS", "strongest_attacker", "privacy_config", "Population", "patient_scores",
-           "calibrate_threshold", "count_matches", "evaluate_pso", "evaluate_release"]
+__all__ = ["PRIVACY_DEFAULTS", "PREDICATES", "ATTACKER_SPACES", "ATTACKER_LABELS", "privacy_config", "Population", "patient_scores",
+           "calibrate_threshold", "count_matches", "evaluate_pso"]
 
 PREDICATES = ("verifier", "ball")
 
@@ -82,6 +80,7 @@ PRIVACY_DEFAULTS: dict = {
     # ("pixels": the whole image; "encoder": the pseudo-conditioning encoder the generator is
     # conditioned on; "defender": the filter's own verifier). The headline is the strongest.
     "attackers": ["pixels", "encoder", "defender"],
+    "reliability_seeds": 3,      # defenders (the filter's + retrained replicas) in the seed-agreement test (>= 1)
 }
 ATTACKER_SPACES = ("pixels", "encoder", "defender")
 # Row-field prefix of every attacker → its display name.
@@ -116,6 +115,8 @@ def privacy_config(cfg: dict) -> dict:
     if any(s not in ATTACKER_SPACES for s in spaces) or len(set(spaces)) != len(spaces):
         raise ValueError(f"privacy.attackers must be distinct names from {ATTACKER_SPACES}, got {spaces!r}")
     p["attackers"] = spaces
+    if not (isinstance(p["reliability_seeds"], int) and p["reliability_seeds"] >= 1):
+        raise ValueError(f"privacy.reliability_seeds must be an integer >= 1, got {p['reliability_seeds']!r}")
     return p
 
 
@@ -285,110 +286,3 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
 
 
 # ----------------------------------------------------------------------------- one release
-def strongest_attacker(row: dict, attackers, level: float = 0.95) -> dict:
-    """The attacker with the largest upper risk bound, the bound corrected for having tried
-    ``m = len(attackers)`` of them (Bonferroni: each interval at level 1 − (1 − level)/m).
-
-    ``row`` holds ``"<attacker>_attack_successes"``, ``"_n_predicates"``,
-    ``"_control_successes"`` (``evaluate_pso`` fields). Returns ``{"strongest_attacker",
-    "strongest_risk", "strongest_risk_lo", "strongest_risk_hi", "strongest_level", "n_attackers"}``.
-    """
-    attackers = list(attackers)
-    if not attackers:
-        raise ValueError("no attacker to take the maximum over")
-    corrected = 1 - (1 - level) / len(attackers)
-    best = None
-    for name in attackers:
-        n = int(row[f"{name}_n_predicates"])
-        r = singling_out_risk(int(row[f"{name}_attack_successes"]), n, int(row[f"{name}_control_successes"]), n,
-                              corrected)
-        key = (-1.0 if not np.isfinite(r["risk_hi"]) else r["risk_hi"], r["risk"] if np.isfinite(r["risk"]) else -1.0)
-        if best is None or key > best[0]:
-            best = (key, name, r)
-    _, name, r = best
-    return {"strongest_attacker": name, "strongest_risk": r["risk"], "strongest_risk_lo": r["risk_lo"],
-            "strongest_risk_hi": r["risk_hi"], "strongest_level": corrected, "n_attackers": len(attackers)}
-
-
-def evaluate_release(release: ImageSet, source_index, train: ImageSet, control: ImageSet, auditor, cfg: dict,
-                     heldout: ImageSet | None = None, reference: ImageSet | None = None,
-                     embed=None, name: str = "release", spaces: dict | None = None) -> dict:
-    """Audit + singling-out attack of one release → a flat dict (one table row).
-
-    Args:
-        release: released images. source_index: (N,) index of each one's source in
-            ``train`` (None for releases without sources, e.g. the negative control).
-        train: the training split. control: the control population (patients never trained
-            on, as many as ``train`` has).
-        auditor: the AUDITOR verifier (never the defender the filter used).
-        cfg: the config (``seed`` and the ``privacy`` section, see ``PRIVACY_DEFAULTS``).
-        heldout: held-out patients for calibrating thresholds (the predicates' and the audit's
-            vs-all threshold) and estimating weights (default:
-            the control population itself — then the control rate is measured on the sample
-            the thresholds were fitted to; pass a separate population to avoid that).
-        reference: held-out real images for the nearest-neighbour reference (e.g. the test
-            split); None: no reference (``nn_ratio``/``nn_close_*`` NaN).
-        embed: ``ImageSet -> embeddings`` (default an ``EmbeddingCache`` of the auditor).
-        name: the release's name (seeds its predicate subsample).
-        spaces: further attackers, ``{space name: ImageSet -> (N, D) features}`` (e.g. raw
-            pixels, the pseudo-conditioning encoder, the defender's embedding): each gets the
-            ball predicate in its own space, calibrated like the auditor's, with fields
-            ``"<space>_ball_<field>"``. The headline is the strongest of all attackers
-            (``strongest_attacker``).
-
-    Returns ``{"release": name, "n_released", audit fields (see ``audit.reid_audit``),
-    nn_* fields, "<kind>_<field>" for every predicate kind (see ``evaluate_pso``), and the
-    primary kind's fields again as "pso_<field>"}`` plus ``"nn_distances"`` and
-    ``"nn_reference"`` (arrays, for the figure; not table columns).
-    """
-    p = privacy_config(cfg)
-    seed = int(cfg["seed"])
-    embed = embed or EmbeddingCache(auditor, p["batch_size"])
-    if len(release) == 0:
-        raise ValueError(f"release {name!r} is empty")
-    row = {"release": name, "weight_source": "heldout" if heldout is not None else "control"}
-    row.update(reid_audit(release, source_index, train, auditor, k=p["audit_k"], threshold=p["audit_threshold"],
-                          level=p["level"], embed=embed, heldout=heldout if heldout is not None else control,
-                          false_alarm=p["audit_false_alarm"]))
-    dist = pixel_nn_distances(release, train, p["nn_max_size"])
-    ref = pixel_nn_distances(reference, train, p["nn_max_size"]) if reference is not None else None
-    row.update(nn_summary(dist, ref, p["nn_quantile"], p["level"]))
-    # predicates: a seeded subsample of the released images
-    n_att = len(release) if p["n_attacks"] is None else min(p["n_attacks"], len(release))
-    pick = np.sort(seeds.rng(seed, "privacy", "attacks", name)
-                   .choice(len(release), n_att, replace=False))
-    pred_emb = embed(release)[torch.from_numpy(pick)]
-    src_pids = None
-    if source_index is not None:
-        src_pids = np.asarray(train.patient_ids).astype(str)[np.asarray(source_index)[pick]]
-    pops = {k: Population(embed(s), s.patient_ids) for k, s in
-            (("train", train), ("control", control), ("heldout", heldout if heldout is not None else control))}
-    overlap = np.intersect1d(pops["train"].patients, pops["control"].patients)
-    if len(overlap):
-        raise ValueError(f"control population shares {len(overlap)} patient id(s) with the training split "
-                         f"(e.g. {overlap[0]!r}); it must be patients never trained on")
-    res = evaluate_pso(pred_emb, src_pids, pops["train"], pops["control"], pops["heldout"], auditor,
-                       kinds=p["predicates"], weight_factor=p["weight_factor"],
-                       verifier_threshold=p["verifier_threshold"], seed=seed, level=p["level"])
-    for kind, fields in res.items():
-        row.update({f"{kind}_{k}": v for k, v in fields.items()})
-    attackers = list(res)
-    for space, features in (spaces or {}).items():
-        feats = {k: features(s) for k, s in (("train", train), ("control", control),
-                                             ("heldout", heldout if heldout is not None else control))}
-        pred = features(release)
-        for what, x in (("release", pred), *feats.items()):
-            if not torch.isfinite(torch.as_tensor(x)).all():
-                raise ValueError(f"attacker space {space!r}: the {what} features contain NaN or infinite values")
-        space_pops = {k: Population(torch.as_tensor(v), s.patient_ids) for (k, v), s in
-                      zip(feats.items(), (train, control, heldout if heldout is not None else control))}
-        ball = evaluate_pso(torch.as_tensor(pred)[torch.from_numpy(pick)], src_pids, space_pops["train"],
-                            space_pops["control"], space_pops["heldout"], None, kinds=("ball",),
-                            weight_factor=p["weight_factor"], seed=seed, level=p["level"])["ball"]
-        row.update({f"{space}_ball_{k}": v for k, v in ball.items()})
-        attackers.append(f"{space}_ball")
-    row.update({f"pso_{k}": v for k, v in res[p["primary"]].items()})
-    row["pso_kind"] = p["primary"]
-    row.update(strongest_attacker(row, attackers, p["level"]))
-    row["nn_distances"], row["nn_reference"] = dist, ref
-    return row

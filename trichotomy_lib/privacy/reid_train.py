@@ -48,8 +48,10 @@ REID_DEFAULTS: dict = {
     "augment_rotate": 5.0,      # random rotation ±degrees (0: off)
     "augment_intensity": 0.1,   # random contrast and brightness ±fraction (0: off)
     "augment_noise": 0.02,      # Gaussian pixel noise σ (images in [-1, 1]; 0: off)
-    "extra_patients": 0,        # PhantomCXR only: fresh patients (own seed stream per verifier) added to its
-                                #   training patients — the analogue of a public re-id dataset (0: off)
+    "extra_patients": 0,        # PhantomCXR only: fresh patients (own seed stream) added to the defender's
+                                #   training patients (0: off)
+    "auditor_patients": 500,    # PhantomCXR only: the auditor's own fresh patients, its whole training and
+                                #   validation population — the analogue of a public re-id dataset (>= 10)
     "eval_batch_size": 256,     # images per forward pass when embedding
     # evaluation (read by the notebook's evaluation, not by training)
     "n_boot": 1000,             # bootstrap resamples for the metric CIs

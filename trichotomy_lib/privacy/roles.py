@@ -1,26 +1,26 @@
-"""Who trains on what: the defender and the auditor verifiers (DESIGN step 2).
+"""Who trains on what: the defender and the auditor verifiers (DESIGN steps 2 and 7).
 
-The training patients are split into two disjoint, seeded halves; the **defender** (used by
-the privacy filter) is trained on pairs of the first half, the **auditor** (used only to
-evaluate releases) on pairs of the second, each with its own seed. So the two share no
-training pair, image or patient: the auditor's judgement of a filtered release is not the
-defender's judgement repeated. Both select their best epoch on pairs of the shared,
-patient-disjoint validation split.
+The **defender** is the data holder's own verifier, used by the privacy filter: it trains on
+every training patient (the filter's job is to recognise exactly those patients), plus
+``extra_patients`` fresh PhantomCXR patients of its own seed stream.
 
-``extra_patients`` (PhantomCXR only) adds that many fresh patients to each verifier's
-training set, from a seed stream of its own (the roles still share no patient, and neither
-shares one with any split or privacy population). It stands for what Packhäuser et al. had
-and a small data holder lacks: a large public re-identification set of *other* patients.
-Verification is a property of patients in general, not of the training patients, and it is
-data-hungry.
+The **auditor** judges the release, so it must be a third party: it never sees a patient the
+attack plays on. It trains on its own population — fresh PhantomCXR patients of its own seed
+stream (``auditor_patients``; the stand-in for a public re-identification set, as Packhäuser
+et al. trained on ChestX-ray14), or, for a data holder's file list, a part of the val + test
+patients set aside for it (``controls.filelist_populations``) — and selects its epoch on a
+held-out fifth of that population. It shares no patient with the training split, the control,
+weight or negative-control populations, or the defender.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from .. import seeds
 from ..data.imageset import ImageSet
 from .controls import control_population
-from .reid_train import split_patients
 
 ROLES = ("defender", "auditor")
 
@@ -44,14 +44,11 @@ def test_pairs_seed(seed: int) -> int:
     return seeds.derive(seed, "reid", "test_pairs")
 
 
-def role_train_set(train: ImageSet, seed: int, role: str, data_cfg: dict | None = None,
-                   extra_patients: int = 0) -> ImageSet:
-    """The training images of ``role``: the patients of its half of the training split, plus
-    ``extra_patients`` (>= 0) fresh PhantomCXR patients of the role's own seed stream
-    (``data_cfg``: the profile's ``data`` section, which must be ``source: phantom`` then)."""
-    check_role(role)
-    halves = split_patients(train.patient_ids, seeds.derive(seed, "reid", "patient_halves"))
-    own = train.subset(halves[ROLES.index(role)])
+def defender_train_set(train: ImageSet, seed: int, data_cfg: dict | None = None, extra_patients: int = 0) -> ImageSet:
+    """The defender's training images: every training patient, plus ``extra_patients`` (>= 0)
+    fresh PhantomCXR patients of its own seed stream (``data_cfg``: the profile's ``data``
+    section, which must be ``source: phantom`` then)."""
+    own = train
     if not extra_patients:
         return own
     if not (isinstance(extra_patients, int) and extra_patients > 0):
@@ -59,6 +56,40 @@ def role_train_set(train: ImageSet, seed: int, role: str, data_cfg: dict | None 
     if (data_cfg or {}).get("source", "phantom") != "phantom":
         raise ValueError("reid.extra_patients generates PhantomCXR patients; with data.source "
                          f"{data_cfg.get('source')!r} set it to 0 (or train on your own extra patients)")
-    extra = control_population(data_cfg, extra_patients, seed, stream=f"reid-{role}", prefix=f"reid-{role}",
+    extra = control_population(data_cfg, extra_patients, seed, stream="reid-defender", prefix="reid-defender",
                                train_like=False)
     return ImageSet.concat([own, extra])
+
+
+def veto_threshold(verifier, val: ImageSet, recall: float, pair_seed: int) -> float:
+    """The defender's veto threshold t at which it flags ``recall`` of the same-patient pairs of
+    the val split (patients the audit never plays on): P(same) >= t for that share of them.
+
+    Chosen from how the defender scores genuine matches, not from any audit outcome."""
+    from .reid_train import sample_pairs
+
+    pairs = sample_pairs(val.patient_ids, pair_seed, split="val")
+    emb = verifier.embed(val)
+    same = pairs.label.astype(bool)
+    prob = verifier.probability(verifier.score_pairs(emb[torch.from_numpy(pairs.a[same])],
+                                                     emb[torch.from_numpy(pairs.b[same])])).numpy()
+    return float(np.clip(np.quantile(prob, 1 - recall), 1e-6, 1 - 1e-6))
+
+
+def auditor_population(data_cfg: dict, n_patients: int, seed: int) -> ImageSet:
+    """The auditor's own PhantomCXR patients: ``n_patients`` (>= 2) fresh ones, its own seed stream."""
+    if not (isinstance(n_patients, int) and n_patients >= 2):
+        raise ValueError(f"reid.auditor_patients must be an integer >= 2, got {n_patients!r}")
+    return control_population(data_cfg, n_patients, seed, stream="reid-auditor", prefix="reid-auditor",
+                              train_like=False, progress=True)
+
+
+def auditor_split(pool: ImageSet, seed: int, val_fraction: float = 0.2) -> tuple[ImageSet, ImageSet]:
+    """(train, val) of the auditor: its population split by patient, a ``val_fraction`` for
+    choosing the epoch, so not even the epoch is chosen on patients the attack plays on."""
+    patients = seeds.rng(seed, "reid", "auditor", "val").permutation(np.unique(pool.patient_ids.astype(str)))
+    n_val = max(2, int(round(val_fraction * len(patients))))
+    if len(patients) - n_val < 2:
+        raise ValueError(f"the auditor population has {len(patients)} patients; need at least {n_val + 2}")
+    val = np.isin(pool.patient_ids.astype(str), patients[:n_val])
+    return pool.subset(~val), pool.subset(val)

@@ -3,9 +3,13 @@
 For every real training image s (the *source*) the generator draws candidates conditioned on
 s's embedding (DiADM pseudo-conditioning). Each candidate c is judged twice:
 
-1. **Privacy, a hard constraint.** The defender verifier scores p(c, s) = P("same patient");
-   a candidate with p ≥ ``threshold`` (0.5) is *flagged* and never released, whatever its
-   other scores. (The paper's code adds the two scores, so a flagged candidate can win.)
+1. **Privacy, a hard constraint.** The defender verifier scores p(c, s) = P("same patient"),
+   the maximum over every scan of s's patient; a candidate with p ≥ ``threshold`` (paper: 0.5)
+   is *flagged* and never released, whatever its other scores. (The paper's code compares with
+   the source image only and adds the two scores, so a flagged candidate can win.) With a
+   ``copy_fn`` (``copy_veto.CopyVeto.ratio``), a candidate closer to some training image, in
+   pixels or in the conditioning encoder's space, than real images come to other patients
+   (``copy_ratio < 1``) is flagged too: it is a near-copy whatever the verifier says.
 2. **Utility, among the survivors.** The reference classifier's label consistency
    BCE(s, c) = −(1/8) Σ_k [ŷ_k(s) log ŷ_k(c) + (1 − ŷ_k(s)) log(1 − ŷ_k(c))]
    (``evaluation.classifier.consistency.label_consistency``); the survivor with the lowest BCE is chosen,
@@ -43,6 +47,7 @@ released twice.
 Everything model-specific is injected, which keeps this module pure and its tests fast:
 
     sample_fn(sources (n,) int64, seeds (n,) int64, guidance float) → (n, 1, H, W) in [-1, 1]
+    copy_fn(images (n, 1, H, W) float) → (n,) copy ratio (optional; < 1 vetoes)
     defender_fn(sources (n,) int64, images (n, 1, H, W) float) → (n,) P(same patient as source)
     classifier_fn(images (n, 1, H, W) float) → (n, 8) sigmoid outputs
     source_probs: (N_train, 8) classifier outputs on the sources
@@ -84,11 +89,17 @@ FILTER_DEFAULTS: dict = {
     "max_attempts": 8,       # attempts per source, retries included (paper: unbounded), >= 1
     "threshold": 0.5,        # flagged if P(same patient) >= threshold, in (0, 1)
     "chunk_size": 128,       # sources judged in lock step and written atomically together, >= 1
+    "all_scans": True,       # the defender compares a candidate with every scan of the source's patient
+    "veto_recall": None,     # set the veto threshold so the defender flags this share of same-patient val
+                             #   pairs, in (0, 1) (e.g. 0.99); None: use ``threshold`` as given
+    "copy_quantile": None,   # near-copy veto (copy_veto.py): q in (0, 0.5) of leave-patient-out NN distances; None: off
+    "copy_spaces": ["pixels", "encoder"],  # the spaces of the near-copy veto
 }
+COPY_SPACES = ("pixels", "encoder")
 
 DECISIONS = ("chosen", "second_best", "not_best", "flagged", "skipped_source")
 AUDIT_COLUMNS = ("source_index", "patient_id", "source_name", "attempt", "candidate", "seed", "guidance",
-                 "defender_prob", "flagged", "bce", "decision", "reason", "source_outcome")
+                 "defender_prob", "copy_ratio", "flagged", "bce", "decision", "reason", "source_outcome")
 
 
 
@@ -109,6 +120,16 @@ def check_filter_params(params: dict | None) -> dict:
     for key in ("round_size", "min_survivors"):
         if p[key] > p["k"]:
             raise ValueError(f"filter.{key}={p[key]} must be <= filter.k={p['k']}")
+    if p["copy_quantile"] is not None and not 0 < p["copy_quantile"] < 0.5:
+        raise ValueError(f"filter.copy_quantile must be null or in (0, 0.5), got {p['copy_quantile']}")
+    spaces = list(p["copy_spaces"] or [])
+    if not spaces or any(s not in COPY_SPACES for s in spaces) or len(set(spaces)) != len(spaces):
+        raise ValueError(f"filter.copy_spaces must be distinct names from {COPY_SPACES}, got {p['copy_spaces']!r}")
+    p["copy_spaces"] = spaces
+    if p["veto_recall"] is not None and not 0 < p["veto_recall"] < 1:
+        raise ValueError(f"filter.veto_recall must be null or in (0, 1), got {p['veto_recall']}")
+    if not isinstance(p["all_scans"], bool):
+        raise ValueError(f"filter.all_scans must be true or false, got {p['all_scans']!r}")
     if not 0 < p["threshold"] < 1:
         raise ValueError(f"filter.threshold must be in (0, 1), got {p['threshold']}")
     if p["guidance"] < 0 or p["guidance_step"] < 0:
@@ -156,8 +177,8 @@ class _Source:
         self.survivors = []
 
 
-def _judge(jobs, sample_fn, defender_fn, classifier_fn, source_probs):
-    """Draw and score one round: jobs = (sources, seeds, guidances) arrays → (images u8, p, bce)."""
+def _judge(jobs, sample_fn, defender_fn, classifier_fn, source_probs, copy_fn=None):
+    """Draw and score one round: jobs = (sources, seeds, guidances) arrays → (images u8, p, copy ratio, bce)."""
     sources, seeds, guidances = jobs
     images = None
     for g in np.unique(guidances):  # one batched sampler call per guidance value
@@ -175,12 +196,15 @@ def _judge(jobs, sample_fn, defender_fn, classifier_fn, source_probs):
         raise ValueError(f"defender_fn returned shape {prob.shape} for {len(sources)} candidates")
     if not np.isfinite(prob).all() or (prob < 0).any() or (prob > 1).any():
         raise ValueError("defender_fn must return probabilities in [0, 1] (apply the sigmoid to logits)")
+    ratio = np.full(len(sources), np.inf) if copy_fn is None else np.asarray(copy_fn(x), dtype=np.float64).reshape(-1)
+    if ratio.shape != (len(sources),) or np.isnan(ratio).any():
+        raise ValueError(f"copy_fn must return one non-NaN ratio per candidate, got shape {ratio.shape}")
     bce = label_consistency(source_probs[sources], classifier_fn(x))
-    return images, prob, bce
+    return images, prob, ratio, bce
 
 
 def filter_sources(sources, sample_fn: Callable, defender_fn: Callable, classifier_fn: Callable, source_probs,
-                   params: dict, stream: int, patient_ids=None, names=None):
+                   params: dict, stream: int, patient_ids=None, names=None, copy_fn: Callable | None = None):
     """Run the filter on one chunk of sources in lock step → (images, source_index, rank, audit rows).
 
     Pure given the injected functions: see the module docstring. ``stream`` selects the seed
@@ -211,15 +235,19 @@ def filter_sources(sources, sample_fn: Callable, defender_fn: Callable, classifi
         att = np.array([states[q].attempt for q in job_pos], dtype=np.int64)
         guid = np.array([guidance_at(int(a), p) for a in att])
         seeds = sample_seeds(stream, src, att, job_j)
-        images, prob, bce = _judge((src, seeds, guid), sample_fn, defender_fn, classifier_fn, source_probs)
+        images, prob, ratio, bce = _judge((src, seeds, guid), sample_fn, defender_fn, classifier_fn, source_probs,
+                                          copy_fn)
         for n in range(len(job_pos)):
             st = states[job_pos[n]]
-            flagged = bool(prob[n] >= p["threshold"])
+            same, copy = bool(prob[n] >= p["threshold"]), bool(ratio[n] < 1.0)
+            flagged = same or copy
             row = base_row(st) | {"attempt": int(att[n]), "candidate": int(job_j[n]), "seed": int(seeds[n]),
-                                  "guidance": float(guid[n]), "defender_prob": float(prob[n]), "flagged": flagged,
-                                  "bce": float(bce[n])}
+                                  "guidance": float(guid[n]), "defender_prob": float(prob[n]),
+                                  "copy_ratio": float(ratio[n]), "flagged": flagged, "bce": float(bce[n])}
             if flagged:  # hard constraint: a flagged candidate is never released
-                row |= {"decision": "flagged", "reason": f"defender P(same patient)={prob[n]:.3f} >= {p['threshold']}"}
+                why = ([f"defender P(same patient)={prob[n]:.3f} >= {p['threshold']}"] if same else []) + \
+                      ([f"near-copy of a training image (copy ratio {ratio[n]:.2f} < 1)"] if copy else [])
+                row |= {"decision": "flagged", "reason": "; ".join(why)}
             else:
                 st.survivors.append((float(bce[n]), int(job_j[n]), len(rows), images[n]))
             rows.append(row)
@@ -247,7 +275,7 @@ def filter_sources(sources, sample_fn: Callable, defender_fn: Callable, classifi
                     st.outcome = "skipped"
                     rows.append(base_row(st) | {
                         "attempt": st.attempt, "candidate": -1, "seed": -1, "guidance": guidance_at(st.attempt, p),
-                        "defender_prob": float("nan"), "flagged": False, "bce": float("nan"),
+                        "defender_prob": float("nan"), "copy_ratio": float("nan"), "flagged": False, "bce": float("nan"),
                         "decision": "skipped_source",
                         "reason": f"all {p['k']} candidates flagged in each of {st.attempt + 1} attempts "
                                   f"(guidance down to {guidance_at(st.attempt, p)}); not released"})
@@ -303,12 +331,14 @@ def _read_chunk(out_dir: Path, i: int):
 def _audit_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(AUDIT_COLUMNS))
     return frame.astype({"source_index": np.int64, "attempt": np.int64, "candidate": np.int64, "seed": np.int64,
-                         "guidance": float, "defender_prob": float, "flagged": bool, "bce": float})
+                         "guidance": float, "defender_prob": float, "copy_ratio": float, "flagged": bool,
+                         "bce": float})
 
 
 def run_filter(sources, sample_fn: Callable, defender_fn: Callable, classifier_fn: Callable, source_probs,
                params: dict | None = None, stream: int = 0, out_dir: str | os.PathLike | None = None,
-               patient_ids=None, names=None, on_chunk: Callable | None = None, progress: bool = True) -> FilterResult:
+               patient_ids=None, names=None, on_chunk: Callable | None = None, progress: bool = True,
+               copy_fn: Callable | None = None) -> FilterResult:
     """Filter every source in ``sources`` (indices into ``source_probs``'s split), chunk by chunk.
 
     Args:
@@ -321,6 +351,7 @@ def run_filter(sources, sample_fn: Callable, defender_fn: Callable, classifier_f
         patient_ids, names: optional arrays over the split, copied into the audit table.
         on_chunk: ``on_chunk(i, n_chunks)`` called after chunk i is committed (tests inject a
             crash here).
+        copy_fn: the near-copy veto (``copy_veto.CopyVeto.ratio``); None: the defender alone.
         progress: a tqdm bar over sources.
     Returns a ``FilterResult`` in the order of ``sources`` (a source's rank 0 before its rank 1).
     """
@@ -355,7 +386,7 @@ def run_filter(sources, sample_fn: Callable, defender_fn: Callable, classifier_f
             part = _read_chunk(out_dir, i)
         else:
             images, src, rank, rows = filter_sources(chunk, sample_fn, defender_fn, classifier_fn, source_probs, p,
-                                                     stream, patient_ids, names)
+                                                     stream, patient_ids, names, copy_fn)
             part = (images, src, rank, _audit_frame(rows))
             if out_dir is not None:
                 _write_chunk(out_dir, i, *part)
@@ -374,14 +405,29 @@ def run_filter(sources, sample_fn: Callable, defender_fn: Callable, classifier_f
 
 
 # ----------------------------------------------------------------- adapters for real models
-def verifier_defender_fn(verifier, source_images: torch.Tensor, batch_size: int = 256) -> Callable:
-    """``defender_fn`` from a ``Verifier``: sources embedded once, each candidate scored against its source."""
+def verifier_defender_fn(verifier, source_images: torch.Tensor, batch_size: int = 256, patient_ids=None) -> Callable:
+    """``defender_fn`` from a ``Verifier``: sources embedded once; each candidate scored against its
+    source, or — with ``patient_ids`` (one per source image) — against every image of the
+    source's patient, keeping the highest P(same patient)."""
     src_emb = verifier.embed(source_images, batch_size=batch_size)
+    if patient_ids is not None:
+        pid = np.asarray(patient_ids).astype(str)
+        if len(pid) != len(src_emb):
+            raise ValueError(f"{len(pid)} patient ids for {len(src_emb)} source images")
+        _, codes = np.unique(pid, return_inverse=True)
+        scans = [np.flatnonzero(codes == c) for c in codes]  # per source image: its patient's images
 
     def fn(sources, images):
         emb = verifier.embed(images, batch_size=batch_size)
-        logits = verifier.score_pairs(src_emb[torch.as_tensor(sources)], emb)
-        return verifier.probability(logits).numpy()
+        sources = np.asarray(sources, dtype=np.int64)
+        if patient_ids is None:
+            logits = verifier.score_pairs(src_emb[torch.as_tensor(sources)], emb)
+            return verifier.probability(logits).numpy()
+        cand = np.concatenate([np.full(len(scans[s]), n) for n, s in enumerate(sources)])
+        other = np.concatenate([scans[s] for s in sources])
+        logits = verifier.score_pairs(src_emb[torch.from_numpy(other)], emb[torch.from_numpy(cand)])
+        best = torch.full((len(sources),), -torch.inf).scatter_reduce(0, torch.from_numpy(cand), logits, "amax")
+        return verifier.probability(best).numpy()
 
     return fn
 

@@ -7,4 +7,4 @@ is built from those artifacts in ``trichotomy_lib.analysis``.
 """
 
 from .. import checks  # noqa: F401  (registers the `checks` section)
-from . import data, reid, classifier, encoder, diffusion, generate, privacy, utility, fidelity, sweep  # noqa: F401
+from . import data, populations, reid, classifier, encoder, diffusion, generate, privacy, utility, fidelity, sweep  # noqa: F401

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,17 +28,19 @@ from ..data.imageset import ImageSet, images_to_uint8
 from ..diffusion.conditional import conditional_sampler
 from ..io import atomic_path, atomic_write_json
 from ..pipeline import Pipeline, StageContext, stage
+from ..privacy.copy_veto import CopyVeto, pixel_space
 from ..privacy.generation import (DIADM_STREAM, EDM_CLASS_STREAM, generate_config, reuse_first_candidate,
                                   source_indices)
 from ..privacy.release import load_audit_dir, load_release_dir, make_release, save_release
 from ..privacy.filter_audit import filter_summary
+from ..privacy.roles import val_pairs_seed, veto_threshold
 from ..privacy.sample_filter import (classifier_fn_from, guidance_at, run_filter,
                                      verifier_defender_fn)
 from ..releases import RELEASES, release_stage
 from .classifier import load_classifier
 from .data import load_splits
 from .diffusion import load_codec, load_denoiser, load_guide
-from .encoder import load_embeddings
+from .encoder import load_embeddings, load_encoder
 from .reid import load_verifier
 
 register_section("generate")(generate_config)
@@ -57,12 +61,57 @@ def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: 
                                progress=progress)
 
 
-def filter_models(pipe: Pipeline, train: ImageSet, progress: bool = False, solver=None, steps=None):
-    """(sample_fn, defender_fn, classifier_fn, source_probs) of the pipeline's trained models."""
+@dataclass
+class FilterModels:
+    """What the filter injects (``privacy.sample_filter``), built from the pipeline's trained models."""
+
+    sample_fn: Callable
+    defender_fn: Callable
+    classifier_fn: Callable
+    source_probs: np.ndarray
+    copy_veto: CopyVeto | None  # None when filter.copy_quantile is null
+    threshold: float            # the defender's veto threshold in use (filter.threshold, or from veto_recall)
+    params: dict                # the filter parameters with that threshold
+
+    @property
+    def copy_fn(self):
+        return None if self.copy_veto is None else self.copy_veto.ratio
+
+
+def defender_veto(pipe: Pipeline, verifier, train: ImageSet) -> tuple[Callable, float]:
+    """(defender_fn, threshold) of a defender verifier under the profile's filter settings:
+    every scan of the source's patient (``filter.all_scans``), the threshold given or set from
+    the val split's same-patient pairs (``filter.veto_recall``)."""
+    f = pipe.cfg["generate"]["filter"]
+    fn = verifier_defender_fn(verifier, train.tensor(), patient_ids=train.patient_ids if f["all_scans"] else None)
+    if f["veto_recall"] is None:
+        return fn, float(f["threshold"])
+    return fn, veto_threshold(verifier, load_splits(pipe)["val"], f["veto_recall"], val_pairs_seed(int(pipe.cfg["seed"])))
+
+
+def copy_veto(pipe: Pipeline, train: ImageSet) -> CopyVeto | None:
+    """The near-copy rule of the profile's filter (None when ``filter.copy_quantile`` is null)."""
+    f = pipe.cfg["generate"]["filter"]
+    if f["copy_quantile"] is None:
+        return None
+    spaces = {"pixels": pixel_space()}
+    if "encoder" in f["copy_spaces"]:
+        encoder = load_encoder(pipe)
+        spaces["encoder"] = lambda x: encoder.embed(x)
+    return CopyVeto({s: spaces[s] for s in f["copy_spaces"]}, train.tensor(), train.patient_ids, f["copy_quantile"])
+
+
+def filter_models(pipe: Pipeline, train: ImageSet, progress: bool = False, solver=None, steps=None) -> FilterModels:
+    """The sampler, the defender's veto (every scan of the source's patient when
+    ``filter.all_scans``), the near-copy veto, the consistency classifier and its outputs on the
+    training images."""
+    f = pipe.cfg["generate"]["filter"]
     sample_fn = make_sample_fn(pipe, "pseudo", load_embeddings(pipe, "train"), progress, solver, steps)
-    defender = verifier_defender_fn(load_verifier(pipe, "defender"), train.tensor())
+    defender, threshold = defender_veto(pipe, load_verifier(pipe, "defender"), train)
+    copy = copy_veto(pipe, train)
     clf = load_classifier(pipe)
-    return sample_fn, defender, classifier_fn_from(clf), clf.predict_proba(train)
+    return FilterModels(sample_fn, defender, classifier_fn_from(clf), clf.predict_proba(train), copy, threshold,
+                        {**f, "threshold": threshold})
 
 
 def _sample_chunked(out: Path, sources: np.ndarray, fn, chunk_size: int, desc: str) -> np.ndarray:
@@ -130,20 +179,23 @@ def release_diadm_filter_stage(ctx: StageContext) -> None:
     train = load_splits(ctx.pipeline)["train"]
     sources = source_indices(len(train), g["n_sources"], seed)
     start = time.perf_counter()
-    sample_fn, defender, classifier, source_probs = filter_models(ctx.pipeline, train)
+    models = filter_models(ctx.pipeline, train)
     raw, raw_sources = load_release_dir(ctx.inputs["release_diadm_raw"] / "diadm_raw")
     stream = seeds.stream_id(seed, *DIADM_STREAM)
-    sample_fn = reuse_first_candidate(sample_fn, raw.images, raw_sources, stream, guidance_at(0, g["filter"]))
-    result = run_filter(sources, sample_fn, defender, classifier, source_probs, g["filter"], stream,
-                        out_dir=ctx.out / "chunks", patient_ids=train.patient_ids, names=train.names)
+    sample_fn = reuse_first_candidate(models.sample_fn, raw.images, raw_sources, stream, guidance_at(0, g["filter"]))
+    result = run_filter(sources, sample_fn, models.defender_fn, models.classifier_fn, models.source_probs, models.params,
+                        stream, out_dir=ctx.out / "chunks", patient_ids=train.patient_ids, names=train.names,
+                        copy_fn=models.copy_fn)
     seconds = round(time.perf_counter() - start, 2)
     summary = filter_summary(result.audit)
     for name, max_rank in (("diadm_filter", 0), ("diadm_filter_2nd", 1)):
         images, src, rank = result.select(max_rank)
         audit = result.audit.copy()
         audit["released"] = audit["decision"].isin(["chosen"] if max_rank == 0 else ["chosen", "second_best"])
+        copy_thresholds = None if models.copy_veto is None else models.copy_veto.thresholds
         _finish(ctx, name, make_release(name, images, src, train, rank), src, audit, seconds=seconds,
-                solver=g["solver"], steps=g["steps"], filter=g["filter"], summary=summary)
+                solver=g["solver"], steps=g["steps"], filter=g["filter"], summary=summary,
+                veto_threshold=models.threshold, copy_thresholds=copy_thresholds)
     shutil.rmtree(ctx.out / "chunks")
 
 
@@ -170,4 +222,4 @@ def release_info(pipe: Pipeline, name: str) -> dict:
     return json.loads((_release_dir(pipe, name) / "release.json").read_text())
 
 
-__all__ = ["RELEASES", "make_sample_fn", "filter_models", "load_release", "load_audit", "release_info"]
+__all__ = ["RELEASES", "make_sample_fn", "FilterModels", "filter_models", "load_release", "load_audit", "release_info"]

@@ -1,10 +1,4 @@
-"""Stages ``control_population`` and ``privacy_eval``: can anyone single out a patient? (DESIGN step 7)
-
-``control_population`` draws the patients the attack is compared against — never trained on,
-same distribution as the training split: for PhantomCXR two fresh populations from their own
-seed streams, ``control/`` (as many patients as the training split; the control rate) and
-``weight/`` (threshold calibration and predicate weights); for file-list data the val + test
-patients split into ``control/``, ``weight/`` and ``negative/`` (``privacy.controls``).
+"""Stage ``privacy_eval``: can anyone single out a patient? (DESIGN step 7)
 
 ``privacy_eval`` evaluates every release of ``releases.RELEASES`` and both controls with the
 AUDITOR only (``privacy.pso.evaluate_release``). Artifacts: ``results.json`` (one row per
@@ -25,56 +19,20 @@ from ..config import register_section
 from ..data.imageset import ImageSet
 from ..io import atomic_path, atomic_write_json, to_jsonable
 from ..pipeline import Pipeline, StageContext, stage
-from ..privacy.controls import (control_population, filelist_populations, negative_control_release,
-                                positive_control_release)
-from ..privacy.audit import FeatureCache, pixel_features
-from ..privacy.pso import EmbeddingCache, evaluate_release, privacy_config
+from ..privacy.controls import negative_control_release, positive_control_release
+from ..privacy.leaks import graded_leaks
+from ..privacy.reliability import planted_candidates, veto_reliability
+from ..privacy.attack import attack_release, evaluate_release
+from ..privacy.audit import EmbeddingCache, FeatureCache, pixel_features
+from ..privacy.pso import privacy_config
 from ..releases import CONTROLS, RELEASES, label, release_stages
 from .data import load_splits
 from .encoder import load_encoder
-from .generate import load_release
-from .reid import load_verifier
+from .generate import copy_veto, defender_veto, load_release
+from .populations import load_populations
+from .reid import load_defender_replicas, load_verifier
 
 register_section("privacy")(privacy_config)
-
-
-@stage("control_population", keys=("seed", "data", "privacy.n_control_patients", "privacy.n_weight_patients"),
-       deps=("data",), version=2)
-def control_population_stage(ctx: StageContext) -> None:
-    """Fresh patients never trained on: ``control/`` and ``weight/`` (and ``negative/`` for file lists)."""
-    data_cfg = ctx.config["data"]
-    seed = int(ctx.config["seed"])
-    splits = load_splits(ctx.pipeline)
-    n_train = splits["train"].n_patients
-    if data_cfg["source"] == "phantom":
-        n_ctrl = ctx.config["privacy.n_control_patients"] or n_train
-        n_wgt = ctx.config["privacy.n_weight_patients"] or n_train
-        pops = {"control": control_population(data_cfg, n_ctrl, seed, "control", "ctrl", progress=True),
-                "weight": control_population(data_cfg, n_wgt, seed, "weight", "wt", progress=True)}
-        note = (f"fresh PhantomCXR populations (own seed streams): control {n_ctrl} patients "
-                f"(= training patients: {n_train}), weight {n_wgt}; negative control = the test split")
-    else:
-        pops = filelist_populations(splits["val"], splits["test"], seed)
-        note = ("file-list data: val + test patients split into control / weight / negative-control parts "
-                "(smaller than the training population; the attack plays on an equally sized subsample "
-                "of training patients)")
-    for name, imageset in pops.items():
-        imageset.save(ctx.out / name)
-    atomic_write_json(ctx.out / "populations.json", {
-        "source": data_cfg["source"], "note": note, "n_train_patients": n_train,
-        **{f"n_{k}_patients": int(v.n_patients) for k, v in pops.items()},
-        **{f"n_{k}_images": len(v) for k, v in pops.items()}})
-
-
-def load_populations(pipe: Pipeline) -> dict[str, ImageSet]:
-    """``{"control", "weight"[, "negative"]}`` ImageSets (computed on first use, then cached)."""
-    path = pipe.get("control_population")
-    return {p.name: ImageSet.load(p) for p in sorted(path.iterdir()) if p.is_dir()}
-
-
-def populations_info(pipe: Pipeline) -> dict:
-    """``populations.json`` of the control stage: sizes and how the populations were drawn."""
-    return json.loads((pipe.get("control_population") / "populations.json").read_text())
 
 
 def load_any_release(pipe: Pipeline, name: str) -> tuple[ImageSet, np.ndarray | None]:
@@ -133,6 +91,58 @@ def privacy_eval_stage(ctx: StageContext) -> None:
     atomic_write_json(ctx.out / "results.json", to_jsonable({"rows": rows, "privacy": params}))
     with atomic_path(ctx.out / "nn_distances.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **{k: np.asarray(v, dtype=np.float64) for k, v in arrays.items() if v is not None})
+
+
+@stage("privacy_controls", keys=("seed", "data", "privacy"),
+       deps=("data", "encoder", "reid_defender", "reid_auditor", "control_population"), version=1)
+def privacy_controls_stage(ctx: StageContext) -> None:
+    """Every attacker on graded leaks of the training data and on the negative controls."""
+    pipe = ctx.pipeline
+    params = ctx.config["privacy"]
+    splits, pops = load_splits(pipe), load_populations(pipe)
+    auditor = load_verifier(pipe, "auditor")
+    embed = EmbeddingCache(auditor, params["batch_size"])
+    spaces = attacker_spaces(pipe, params["attackers"])
+    heldout = pops.get("negative", splits["test"])
+    rows = []
+    cfg = ctx.config.to_dict()
+    for leak in tqdm(graded_leaks(splits["train"], heldout, ctx.config["data"], int(ctx.config["seed"])),
+                     desc="privacy controls", unit="release"):
+        row = attack_release(leak.release, leak.source_index, splits["train"], pops["control"], auditor, cfg,
+                             heldout=pops["weight"], embed=embed, name=leak.name, spaces=spaces)
+        rows.append({"family": leak.family, "parameter": leak.parameter, **row})
+    atomic_write_json(ctx.out / "controls.json", to_jsonable({"rows": rows}))
+
+
+@stage("filter_reliability", keys=("seed", "generate.filter", "privacy.reliability_seeds"),
+       deps=("data", "encoder", "reid_defender", "reid_defender_replicas", "control_population"), version=1)
+def filter_reliability_stage(ctx: StageContext) -> None:
+    """Sensitivity on planted near-duplicates, specificity on unseen patients, agreement across defender seeds."""
+    pipe = ctx.pipeline
+    splits = load_splits(pipe)
+    train = splits["train"]
+    unseen = load_populations(pipe).get("negative", splits["test"])
+    verifiers = {"filter's defender": load_verifier(pipe, "defender")}
+    verifiers.update({f"seed {i + 2}": v for i, v in enumerate(load_defender_replicas(pipe))})
+    defenders = {name: defender_veto(pipe, v, train) for name, v in verifiers.items()}
+    veto = copy_veto(pipe, train)
+    table = veto_reliability(planted_candidates(train, unseen, int(ctx.config["seed"])), defenders,
+                             None if veto is None else veto.ratio)
+    atomic_write_json(ctx.out / "reliability.json", to_jsonable({
+        "rows": table.reset_index().to_dict(orient="records"),
+        "thresholds": {name: t for name, (_, t) in defenders.items()}}))
+
+
+def load_filter_reliability(pipe: Pipeline) -> tuple[pd.DataFrame, dict]:
+    """(the reliability table, {defender: veto threshold})."""
+    data = json.loads((pipe.get("filter_reliability") / "reliability.json").read_text())
+    return pd.DataFrame(data["rows"]).set_index("candidate"), data["thresholds"]
+
+
+def load_privacy_controls(pipe: Pipeline) -> pd.DataFrame:
+    """One row per control release (graded leaks, then negative controls), every attacker's fields."""
+    rows = json.loads((pipe.get("privacy_controls") / "controls.json").read_text())["rows"]
+    return pd.DataFrame(rows).set_index("release")
 
 
 def load_privacy(pipe: Pipeline) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

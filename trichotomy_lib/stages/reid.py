@@ -1,6 +1,7 @@
 """Stages ``reid_defender`` and ``reid_auditor``: two independent re-identification verifiers.
 
-Who trains on which patients is ``privacy.roles``. Artifacts per role: ``model.safetensors``
+Who trains on which patients is ``privacy.roles``: the defender on the training patients (and
+its own fresh ones), the auditor only on its own population (stage ``control_population``). Artifacts per role: ``model.safetensors``
 + ``verifier.json`` (hyper-parameters, role, seed, training history), ``train_pairs.npz``
 (the image names of every training pair + label), ``patients.npy`` (its training patients).
 """
@@ -16,11 +17,12 @@ from ..io import atomic_path
 from ..pipeline import Pipeline, StageContext, stage
 from ..privacy.reid_model import Verifier
 from ..privacy.reid_train import REID_DEFAULTS, TRAIN_KEYS, sample_pairs, train_verifier
-from ..privacy.roles import ROLES, check_role, role_seed, role_train_set, val_pairs_seed
+from ..privacy.roles import ROLES, auditor_split, check_role, defender_train_set, role_seed, val_pairs_seed
 from .. import seeds
 from .data import load_splits
+from .populations import load_populations
 
-_KEYS = ("seed", "data", *(f"reid.{k}" for k in TRAIN_KEYS))
+_KEYS = ("seed", "data", *(f"reid.{k}" for k in TRAIN_KEYS if k != "auditor_patients"))
 
 
 @register_section("reid")
@@ -34,38 +36,61 @@ def _save_npy(path, array) -> None:
         np.save(f, array, allow_pickle=False)
 
 
-def _train_role(ctx: StageContext, role: str) -> None:
+def _train_role(ctx: StageContext, role: str, out=None, seed_override: int | None = None) -> None:
+    out = ctx.out if out is None else out
     params = ctx.config["reid"].to_dict()
     seed = int(ctx.config["seed"])
     splits = load_splits(ctx.pipeline)
     for name in ("train", "val"):
         if name not in splits:
             raise ValueError(f"{ctx.inputs['data']}: the data stage wrote no {name!r} split")
-    train = role_train_set(splits["train"], seed, role, ctx.config["data"], params["extra_patients"])
-    val = splits["val"]
-    val_pairs = sample_pairs(val.patient_ids, val_pairs_seed(seed), split="val")
-    pairs = sample_pairs(train.patient_ids, seeds.derive(role_seed(seed, role), "pairs"),
-                         params["max_pos_per_patient"], split=f"train ({role} half)")
-    model, history = train_verifier(train, val, params, role_seed(seed, role), pairs=pairs, val_pairs=val_pairs,
-                                    checkpoint_dir=ctx.out, desc=f"reid_{role}")
+    if role == "defender":
+        train = defender_train_set(splits["train"], seed, ctx.config["data"], params["extra_patients"])
+        val = splits["val"]
+        val_pairs = sample_pairs(val.patient_ids, val_pairs_seed(seed), split="val")
+    else:  # a third party: its own patients for training and for choosing the epoch
+        train, val = auditor_split(load_populations(ctx.pipeline)["auditor"], seed)
+        val_pairs = sample_pairs(val.patient_ids, seeds.derive(seed, "reid", "auditor", "val_pairs"), split="auditor val")
+    own_seed = role_seed(seed, role) if seed_override is None else seed_override
+    pairs = sample_pairs(train.patient_ids, seeds.derive(own_seed, "pairs"), params["max_pos_per_patient"],
+                         split=f"train ({role})")
+    model, history = train_verifier(train, val, params, own_seed, pairs=pairs, val_pairs=val_pairs,
+                                    checkpoint_dir=out, desc=f"reid_{role}" + ("" if seed_override is None else " replica"))
     # the exact pairs trained on, by image name (to check defender/auditor independence)
-    with atomic_path(ctx.out / "train_pairs.npz") as tmp, open(tmp, "wb") as f:
+    with atomic_path(out / "train_pairs.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, a=train.names[pairs.a].astype(str), b=train.names[pairs.b].astype(str), label=pairs.label)
-    _save_npy(ctx.out / "patients.npy", np.unique(train.patient_ids).astype(str))
-    model.save(ctx.out, extra={"role": role, "seed": role_seed(seed, role), "n_train_images": len(train),
-                               "n_train_patients": int(train.n_patients), "history": history})
+    _save_npy(out / "patients.npy", np.unique(train.patient_ids).astype(str))
+    model.save(out, extra={"role": role, "seed": own_seed, "n_train_images": len(train),
+                           "n_train_patients": int(train.n_patients), "history": history})
 
 
-@stage("reid_defender", keys=_KEYS, deps=("data",), version=3)
+@stage("reid_defender", keys=_KEYS, deps=("data",), version=4)
 def reid_defender_stage(ctx: StageContext) -> None:
-    """Train the defender verifier (first half of the training patients)."""
+    """Train the defender verifier (the training patients and its own fresh ones)."""
     _train_role(ctx, "defender")
 
 
-@stage("reid_auditor", keys=_KEYS, deps=("data",), version=3)
+@stage("reid_auditor", keys=_KEYS, deps=("data", "control_population"), version=4)
 def reid_auditor_stage(ctx: StageContext) -> None:
-    """Train the auditor verifier (second half of the training patients, its own seed)."""
+    """Train the auditor verifier on its own population only (no training, control or weight patient)."""
     _train_role(ctx, "auditor")
+
+
+@stage("reid_defender_replicas", keys=(*_KEYS, "privacy.reliability_seeds"), deps=("data",), version=1)
+def reid_defender_replicas_stage(ctx: StageContext) -> None:
+    """The defender's recipe retrained with other seeds (``privacy.reliability_seeds`` − 1 of them),
+    for the filter's seed-agreement test; never used by the filter."""
+    for i in range(1, int(ctx.config["privacy.reliability_seeds"])):
+        out = ctx.out / f"replica_{i}"
+        if not (out / "verifier.json").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            _train_role(ctx, "defender", out, seeds.derive(int(ctx.config["seed"]), "reid", "defender", "replica", i))
+
+
+def load_defender_replicas(pipe: Pipeline) -> list[Verifier]:
+    """The defender retrained with other seeds (empty when ``privacy.reliability_seeds`` <= 1)."""
+    path = pipe.get("reid_defender_replicas")
+    return [Verifier.load(p) for p in sorted(path.glob("replica_*")) if (p / "verifier.json").exists()]
 
 
 def load_verifier(pipe: Pipeline, role: str) -> Verifier:

@@ -1,0 +1,160 @@
+"""The attacker suite, the near-copy veto, graded leaks and the filter's reliability test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from test_pso import OracleVerifier, make_population
+from trichotomy_lib.evaluation.stats import singling_out_risk
+from trichotomy_lib.privacy import sample_filter as flt
+from trichotomy_lib.privacy.attack import attack_release, strongest_attacker
+from trichotomy_lib.privacy.audit import pixel_features
+from trichotomy_lib.privacy.controls import negative_control_release, positive_control_release
+from trichotomy_lib.privacy.copy_veto import CopyVeto, leave_patient_out_distances
+from trichotomy_lib.privacy.leaks import blurred, noised, random_sources, shifted
+from trichotomy_lib.privacy.reliability import planted_candidates, veto_reliability
+
+
+@pytest.fixture(scope="module")
+def world():
+    train, control = make_population("tr", 60, 1), make_population("ct", 60, 2)
+    weight, heldout = make_population("wt", 60, 3), make_population("ho", 30, 4)
+    auditor = OracleVerifier([train, control, weight, heldout])
+    return dict(train=train, control=control, weight=weight, heldout=heldout, auditor=auditor,
+                cfg={"seed": 7, "privacy": {"n_attacks": None}})
+
+
+def _attack(world, release, source_index, spaces, name):
+    return attack_release(release, source_index, world["train"], world["control"], world["auditor"], world["cfg"],
+                          heldout=world["weight"], name=name, spaces=spaces)
+
+
+def test_every_attacker_fires_on_copies_and_stays_at_baseline_on_unseen_patients(world):
+    spaces = {"pixels": lambda s: pixel_features(s)}
+    pos = _attack(world, *positive_control_release(world["train"], 0.02, seed=0), spaces, "positive_control")
+    neg = _attack(world, *negative_control_release(world["heldout"]), spaces, "negative_control")
+    for prefix in ("ball", "verifier", "pixels_ball"):
+        assert pos[f"{prefix}_risk"] >= 0.4, (prefix, pos[f"{prefix}_attack_rate"], pos[f"{prefix}_control_rate"])
+        assert neg[f"{prefix}_risk_lo"] == 0.0, prefix
+        assert neg[f"{prefix}_n_predicates"] == len(world["heldout"])           # every released image a predicate
+    assert pos["n_attackers"] == neg["n_attackers"] == 3
+    assert pos["strongest_attacker"] in ("ball", "verifier", "pixels_ball") and neg["strongest_risk_lo"] == 0.0
+    assert pos["ball_risk_unclipped"] >= pos["ball_risk"] - 1e-12 and neg["ball_risk_unclipped"] <= 1
+
+
+def test_the_pixel_attacker_sees_what_the_auditor_is_blind_to(world):
+    """An auditor that ignores the image (a constant embedding) cannot single anyone out; the
+    pixel ball still catches the copies — the reason the headline is the strongest attacker."""
+    class Blind(OracleVerifier):
+        def embed(self, images, batch_size=256, progress=False):
+            n = len(images) if isinstance(images, torch.Tensor) else len(images.images)
+            return torch.full((n, 16), 0.5)
+
+    blind = Blind([world["train"]])
+    release, src = positive_control_release(world["train"], 0.02, seed=0)
+    row = attack_release(release, src, world["train"], world["control"], blind, world["cfg"], heldout=world["weight"],
+                         spaces={"pixels": lambda s: pixel_features(s)}, name="copies")
+    assert row["ball_risk"] < 0.1 and row["pixels_ball_risk"] >= 0.4
+    assert row["strongest_attacker"] == "pixels_ball"
+
+
+def test_strongest_attacker_widens_the_interval_for_the_number_tried():
+    row = {}
+    for name, (a, c) in {"x": (30, 5), "y": (20, 5)}.items():
+        row.update({f"{name}_attack_successes": a, f"{name}_control_successes": c, f"{name}_n_predicates": 100})
+    best = strongest_attacker(row, ["x", "y"])
+    nominal = singling_out_risk(30, 100, 5, 100, 0.95)
+    assert best["strongest_attacker"] == "x" and best["strongest_level"] == pytest.approx(0.975)
+    assert best["strongest_risk"] == pytest.approx(nominal["risk"])
+    assert best["strongest_risk_hi"] > nominal["risk_hi"] and best["strongest_risk_lo"] < nominal["risk_lo"]
+
+
+def test_bad_attack_input_is_named(world):
+    release, src = positive_control_release(world["train"], 0.02, seed=0)
+    with pytest.raises(ValueError, match="NaN"):
+        _attack(world, release, src, {"broken": lambda s: torch.full((len(s.images), 3), float("nan"))}, "nan")
+    small = negative_control_release(make_population("sm", 5, 9))[0]
+    small = type(small)(small.images[:, :8, :8].copy(), small.labels, small.patient_ids, small.names)
+    with pytest.raises(ValueError, match="images are"):
+        _attack(world, small, None, {}, "size")
+    with pytest.raises(ValueError, match="shares"):
+        attack_release(release, src, world["train"], world["train"], world["auditor"], world["cfg"], name="overlap")
+
+
+def test_leave_patient_out_distances_skip_the_patients_own_scans():
+    feats = np.array([[0.0], [0.1], [5.0], [5.2], [9.0]])
+    pids = np.array(["a", "a", "b", "b", "c"])
+    d = leave_patient_out_distances(feats, pids, k=2)
+    np.testing.assert_allclose(d, [4.9, 4.8, 4.8, 3.8, 3.8], atol=1e-5)
+
+
+def test_copy_veto_flags_near_copies_and_passes_other_patients(world):
+    train, heldout = world["train"], world["heldout"]
+    veto = CopyVeto({"pixels": lambda x: x.flatten(1)}, train.tensor(), train.patient_ids, quantile=0.05)
+    assert veto.thresholds["pixels"] > 0
+    copies = veto.ratio(noised(train, 0.01, 0)[0].tensor())
+    others = veto.ratio(heldout.tensor())
+    assert (copies < 1).mean() > 0.95 and (others >= 1).mean() > 0.8
+    with pytest.raises(ValueError, match="quantile"):
+        CopyVeto({"pixels": lambda x: x.flatten(1)}, train.tensor(), train.patient_ids, quantile=0.7)
+
+
+def test_the_filter_never_releases_a_near_copy():
+    sources = np.arange(6)
+
+    def sampler(src, seeds, guidance):   # candidate 0 of every attempt is a "copy" (all zeros)
+        x = torch.rand(len(src), 1, 8, 8, generator=torch.Generator().manual_seed(int(seeds.sum()) % 2**31)) * 2 - 1
+        x[(seeds & 0xFF) == 0] = 0.0
+        return x
+
+    copy_fn = lambda x: np.where(x.abs().flatten(1).max(1).values.numpy() == 0, 0.2, 3.0)  # noqa: E731
+    res = flt.run_filter(sources, sampler, lambda s, x: np.full(len(s), 0.1), lambda x: np.full((len(x), 8), 0.5),
+                         np.full((6, 8), 0.5), {"k": 3, "round_size": 3, "min_survivors": 1, "threshold": 0.5},
+                         stream=3, progress=False, copy_fn=copy_fn)
+    cand = res.audit[res.audit.candidate >= 0]
+    first = cand[cand.candidate == 0]
+    assert first.flagged.all() and first.reason.str.contains("near-copy").all()
+    assert (cand[cand.decision.isin(["chosen", "second_best"])].copy_ratio >= 1).all()
+    assert len(res.images) == 6 and (np.abs(res.images.astype(int) - 128).max(axis=(1, 2)) > 1).all()
+
+
+def test_the_defender_compares_with_every_scan_of_the_source_patient(world):
+    train = world["train"]
+    v = world["auditor"]
+    one = flt.verifier_defender_fn(v, train.tensor())
+    every = flt.verifier_defender_fn(v, train.tensor(), patient_ids=train.patient_ids)
+    src = np.arange(len(train))
+    other = np.array([np.flatnonzero(train.patient_ids == p)[-1] for p in train.patient_ids])
+    cand = train.tensor(other)                       # the patient's last scan offered for each source
+    assert (every(src, cand) >= one(src, cand) - 1e-6).all()
+    assert (every(src, cand) > 0.5).all()
+
+
+def test_leak_ladders_move_away_from_the_source_and_keep_it():
+    train = make_population("tr", 10, 1)
+    for make in (lambda t: noised(t, 0.1, 0), lambda t: blurred(t, 1.0), lambda t: shifted(t, 2, 0)):
+        release, src = make(train)
+        assert release.images.shape == train.images.shape and np.array_equal(src, np.arange(len(train)))
+        assert (release.patient_ids == train.patient_ids).all() and not np.array_equal(release.images, train.images)
+    d = [np.abs(noised(train, s, 0)[0].images.astype(float) - train.images).mean() for s in (0.05, 0.1, 0.2, 0.4)]
+    assert d == sorted(d)
+    r = random_sources(train, 50, 3)
+    assert r.shape == (len(train),) and r.min() >= 0 and r.max() < 50
+
+
+def test_reliability_counts_vetoes_per_candidate_kind(world):
+    train, heldout = world["train"], world["heldout"]
+    cand = planted_candidates(train, heldout, seed=1, n=40)
+    assert set(cand) >= {"copy of the source", "noised copy (σ = 0.05)", "unseen patient, random source"}
+    v = world["auditor"]
+    perfect = flt.verifier_defender_fn(v, train.tensor(), patient_ids=train.patient_ids)
+    never = lambda s, x: np.zeros(len(s))  # noqa: E731
+    table = veto_reliability(cand, {"oracle": (perfect, 0.5), "never": (never, 0.5)})
+    assert table.loc["copy of the source", "vetoed (oracle)"] == 1.0
+    assert table.loc["unseen patient, random source", "vetoed (oracle)"] < 0.1
+    assert (table["vetoed (never)"] == 0).all()
+    assert table.loc["copy of the source", "all defenders agree"] == 0.0
+    assert isinstance(table, pd.DataFrame) and table["should veto"].sum() == len(table) - 1

@@ -1,0 +1,153 @@
+"""Every attacker's singling-out game on one release, and the full privacy row (DESIGN step 7b).
+
+An attacker is a predicate family in one feature space (``pso.py`` plays the game): the
+auditor's embedding (a ball, and the auditor's own verdict), raw pixels, the pseudo-
+conditioning encoder the generator is conditioned on, the defender's embedding. Each is
+calibrated to the same target weight on held-out patients. A release is as private as its
+strongest attacker allows, so the headline is the maximum over attackers, its interval widened
+for having tried several (Bonferroni).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import seeds
+from ..data.imageset import ImageSet
+from ..evaluation.stats import singling_out_risk
+from .audit import EmbeddingCache, nn_summary, pixel_nn_distances, reid_audit
+from .pso import Population, evaluate_pso, privacy_config
+
+__all__ = ["strongest_attacker", "attack_release", "evaluate_release"]
+
+
+def strongest_attacker(row: dict, attackers, level: float = 0.95) -> dict:
+    """The attacker with the largest upper risk bound, the bound corrected for having tried
+    ``m = len(attackers)`` of them (Bonferroni: each interval at level 1 − (1 − level)/m).
+
+    ``row`` holds ``"<attacker>_attack_successes"``, ``"_n_predicates"``,
+    ``"_control_successes"`` (``evaluate_pso`` fields). Returns ``{"strongest_attacker",
+    "strongest_risk", "strongest_risk_lo", "strongest_risk_hi", "strongest_level", "n_attackers"}``.
+    """
+    attackers = list(attackers)
+    if not attackers:
+        raise ValueError("no attacker to take the maximum over")
+    corrected = 1 - (1 - level) / len(attackers)
+    best = None
+    for name in attackers:
+        n = int(row[f"{name}_n_predicates"])
+        r = singling_out_risk(int(row[f"{name}_attack_successes"]), n, int(row[f"{name}_control_successes"]), n,
+                              corrected)
+        key = (-1.0 if not np.isfinite(r["risk_hi"]) else r["risk_hi"], r["risk"] if np.isfinite(r["risk"]) else -1.0)
+        if best is None or key > best[0]:
+            best = (key, name, r)
+    _, name, r = best
+    return {"strongest_attacker": name, "strongest_risk": r["risk"], "strongest_risk_lo": r["risk_lo"],
+            "strongest_risk_hi": r["risk_hi"], "strongest_level": corrected, "n_attackers": len(attackers)}
+
+
+def attack_release(release: ImageSet, source_index, train: ImageSet, control: ImageSet, auditor, cfg: dict,
+                   heldout: ImageSet | None = None, embed=None, name: str = "release", spaces: dict | None = None) -> dict:
+    """The predicate-singling-out game of every attacker on one release → a flat dict.
+
+    Args:
+        release: released images. source_index: (N,) index of each one's source in ``train``
+            (None for releases without sources, e.g. the negative control).
+        train: the training split. control: the control population (patients never trained
+            on, as many as ``train`` has).
+        auditor: the AUDITOR verifier (never the defender the filter used): the ball and
+            verdict predicates in its embedding.
+        cfg: the config (``seed`` and the ``privacy`` section, see ``PRIVACY_DEFAULTS``).
+        heldout: held-out patients for calibrating every attacker's threshold and estimating
+            predicate weights (default: the control population itself — then the control rate is
+            measured on the sample the thresholds were fitted to; pass a separate population).
+        embed: ``ImageSet -> auditor embeddings`` (default an ``EmbeddingCache``).
+        name: the release's name (seeds its predicate subsample).
+        spaces: further attackers, ``{space name: ImageSet -> (N, D) features}`` (raw pixels, the
+            pseudo-conditioning encoder, the defender's embedding, ...): each gets the ball
+            predicate in its own space, calibrated like the auditor's, fields
+            ``"<space>_ball_<field>"``.
+
+    Returns ``{"release", "n_released", "<attacker>_<field>"`` for every attacker (fields of
+    ``evaluate_pso``), the primary auditor kind again as ``"pso_<field>"``, and the strongest
+    attacker (``strongest_attacker``)``}``.
+    """
+    p = privacy_config(cfg)
+    seed = int(cfg["seed"])
+    embed = embed or EmbeddingCache(auditor, p["batch_size"])
+    if len(release) == 0:
+        raise ValueError(f"release {name!r} is empty")
+    heldout = heldout if heldout is not None else control
+    for what, pop in (("training", train), ("control", control), ("held-out", heldout)):
+        if len(pop) == 0:
+            raise ValueError(f"release {name!r}: the {what} population is empty")
+        if pop.images.shape[1:] != release.images.shape[1:]:
+            raise ValueError(f"release {name!r}: images are {release.images.shape[1:]} but the {what} population's "
+                             f"are {pop.images.shape[1:]}")
+    overlap = np.intersect1d(np.asarray(train.patient_ids).astype(str), np.asarray(control.patient_ids).astype(str))
+    if len(overlap):
+        raise ValueError(f"control population shares {len(overlap)} patient id(s) with the training split "
+                         f"(e.g. {overlap[0]!r}); it must be patients never trained on")
+    row = {"release": name, "n_released": len(release)}
+    # predicates: a seeded subsample of the released images (all of them when n_attacks is null)
+    n_att = len(release) if p["n_attacks"] is None else min(p["n_attacks"], len(release))
+    pick = torch.from_numpy(np.sort(seeds.rng(seed, "privacy", "attacks", name).choice(len(release), n_att,
+                                                                                       replace=False)))
+    src_pids = None
+    if source_index is not None:
+        src_pids = np.asarray(train.patient_ids).astype(str)[np.asarray(source_index)[pick.numpy()]]
+    populations = (("train", train), ("control", control), ("heldout", heldout))
+    attackers = []
+    for space, features, kinds in (("auditor", embed, p["predicates"]),
+                                   *((s, f, ("ball",)) for s, f in (spaces or {}).items())):
+        pred = torch.as_tensor(features(release)).float()
+        pops = {}
+        for key, images in populations:
+            x = torch.as_tensor(features(images)).float()
+            if not torch.isfinite(x).all():
+                raise ValueError(f"attacker space {space!r}: the {key} features contain NaN or infinite values")
+            pops[key] = Population(x, images.patient_ids)
+        if not torch.isfinite(pred).all():
+            raise ValueError(f"attacker space {space!r}: the release's features contain NaN or infinite values")
+        res = evaluate_pso(pred[pick], src_pids, pops["train"], pops["control"], pops["heldout"],
+                           auditor if space == "auditor" else None, kinds=kinds, weight_factor=p["weight_factor"],
+                           verifier_threshold=p["verifier_threshold"], seed=seed, level=p["level"])
+        for kind, fields in res.items():
+            prefix = kind if space == "auditor" else f"{space}_{kind}"
+            row.update({f"{prefix}_{k}": v for k, v in fields.items()})
+            attackers.append(prefix)
+    row.update({f"pso_{k}": row[f"{p['primary']}_{k}"] for k in res_fields(row, p["primary"])})
+    row["pso_kind"] = p["primary"]
+    row.update(strongest_attacker(row, attackers, p["level"]))
+    return row
+
+
+def res_fields(row: dict, prefix: str) -> list[str]:
+    """The field names one attacker wrote into ``row``."""
+    return [k[len(prefix) + 1:] for k in row if k.startswith(prefix + "_")]
+
+
+def evaluate_release(release: ImageSet, source_index, train: ImageSet, control: ImageSet, auditor, cfg: dict,
+                     heldout: ImageSet | None = None, reference: ImageSet | None = None,
+                     embed=None, name: str = "release", spaces: dict | None = None) -> dict:
+    """The re-identification audit (``audit.reid_audit``), the pixel nearest-neighbour summary
+    and every attacker's singling-out game (``attack_release``) of one release → one table row.
+
+    ``reference``: held-out real images for the nearest-neighbour reference (e.g. the test
+    split; None: ``nn_ratio``/``nn_close_*`` are NaN). The other arguments as in
+    ``attack_release``. Also returns ``"nn_distances"`` and ``"nn_reference"`` (arrays for the
+    figure; not table columns) and ``"weight_source"``.
+    """
+    p = privacy_config(cfg)
+    embed = embed or EmbeddingCache(auditor, p["batch_size"])
+    row = attack_release(release, source_index, train, control, auditor, cfg, heldout, embed, name, spaces)
+    row["weight_source"] = "heldout" if heldout is not None else "control"
+    row.update(reid_audit(release, source_index, train, auditor, k=p["audit_k"], threshold=p["audit_threshold"],
+                          level=p["level"], embed=embed, heldout=heldout if heldout is not None else control,
+                          false_alarm=p["audit_false_alarm"]))
+    dist = pixel_nn_distances(release, train, p["nn_max_size"])
+    ref = pixel_nn_distances(reference, train, p["nn_max_size"]) if reference is not None else None
+    row.update(nn_summary(dist, ref, p["nn_quantile"], p["level"]))
+    row["nn_distances"], row["nn_reference"] = dist, ref
+    return row
