@@ -29,7 +29,7 @@ SECRET = "ZQXSECRET"
 def holder(tmp_path_factory):
     """A data holder's folder: PNGs + a CSV file list, every name and id carrying SECRET."""
     root = tmp_path_factory.mktemp("holder")
-    ds = generate_phantom(120, image_size=32, seed=5, site="a", max_scans=4)
+    ds = generate_phantom(200, image_size=32, seed=5, site="a", max_scans=4)
     pids = np.array([f"{SECRET}-PATIENT-{i:04d}" for i in np.unique(ds.patient_ids, return_inverse=True)[1]])
     names = np.array([f"{SECRET}_{pid}/scan_{k:03d}.png" for k, pid in enumerate(pids)])
     for name, image in zip(names, ds.images):

@@ -226,10 +226,11 @@ def attacker_rows(release_row: Mapping, names: Mapping[str, str] | None = None) 
     """Privacy rows from one ``privacy.pso.evaluate_release`` result (``"<kind>_<field>"`` keys).
 
     Every kind with a ``"<kind>_risk_hi"`` key becomes a row (the ``"pso_*"`` repeat of the
-    primary kind is skipped); ``names`` maps kinds to display names (default: the kind).
+    primary kind and the ``"strongest_*"`` summary are skipped); ``names`` maps kinds to display names (default: the kind).
     Only the aggregate fields listed in ``PRIVACY_FIELDS``/``PRIVACY_OPTIONAL`` are taken.
     """
-    kinds = [k[: -len("_risk_hi")] for k in release_row if k.endswith("_risk_hi") and k != "pso_risk_hi"]
+    kinds = [k[: -len("_risk_hi")] for k in release_row
+             if k.endswith("_risk_hi") and k not in ("pso_risk_hi", "strongest_risk_hi")]  # repeats, not attackers
     if not kinds:
         raise ValueError("attacker_rows: no '<kind>_risk_hi' field in the release row")
     rows = []

@@ -87,9 +87,13 @@ def auditor_population(data_cfg: dict, n_patients: int, seed: int) -> ImageSet:
 def auditor_split(pool: ImageSet, seed: int, val_fraction: float = 0.2) -> tuple[ImageSet, ImageSet]:
     """(train, val) of the auditor: its population split by patient, a ``val_fraction`` for
     choosing the epoch, so not even the epoch is chosen on patients the attack plays on."""
-    patients = seeds.rng(seed, "reid", "auditor", "val").permutation(np.unique(pool.patient_ids.astype(str)))
-    n_val = max(2, int(round(val_fraction * len(patients))))
-    if len(patients) - n_val < 2:
-        raise ValueError(f"the auditor population has {len(patients)} patients; need at least {n_val + 2}")
-    val = np.isin(pool.patient_ids.astype(str), patients[:n_val])
+    pid = pool.patient_ids.astype(str)
+    patients, counts = np.unique(pid, return_counts=True)
+    multi = seeds.rng(seed, "reid", "auditor", "val").permutation(patients[counts >= 2])  # val needs same-patient pairs
+    n_val = max(1, int(round(val_fraction * len(patients))))
+    if len(multi) < 3 or len(patients) - n_val < 2:
+        raise ValueError(f"the auditor population has {len(patients)} patients, {len(multi)} of them with two or more "
+                         "images; it needs at least 3 such patients (train and validation pairs). Give the auditor "
+                         "more patients (reid.auditor_patients; for a file list, more val + test patients)")
+    val = np.isin(pid, multi[:min(n_val, len(multi) - 2)])
     return pool.subset(~val), pool.subset(val)
