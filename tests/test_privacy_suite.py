@@ -159,3 +159,19 @@ def test_reliability_counts_vetoes_per_candidate_kind(world):
     assert (table["vetoed (never)"] == 0).all()
     assert table.loc["copy of the source", "all defenders agree"] == 0.0
     assert isinstance(table, pd.DataFrame) and table["should veto"].sum() == len(table) - 1
+
+
+def test_the_audit_keeps_its_copy_ratio_through_the_release_directory(tmp_path):
+    from trichotomy_lib.privacy.release import load_audit_dir, make_release, save_release
+
+    train = make_population("tr", 6, 1)
+    res = flt.run_filter(np.arange(4), lambda s, seeds, g: torch.zeros(len(s), 1, 16, 16),
+                         lambda s, x: np.full(len(s), 0.9), lambda x: np.full((len(x), 8), 0.5), np.full((6, 8), 0.5),
+                         {"k": 2, "round_size": 2, "min_survivors": 1, "max_attempts": 1}, stream=1, progress=False,
+                         copy_fn=lambda x: np.full(len(x), 2.0))
+    assert (res.audit.decision == "skipped_source").sum() == 4     # every candidate vetoed by the defender
+    images, src, rank = res.select(0)
+    save_release(tmp_path / "r", make_release("r", images, src, train, rank), src, res.audit)
+    audit = load_audit_dir(tmp_path / "r")
+    assert audit["copy_ratio"].dtype == float and audit["copy_ratio"].isna().sum() == 4   # skipped rows: NaN
+    assert (audit.loc[audit.candidate >= 0, "copy_ratio"] == 2.0).all()

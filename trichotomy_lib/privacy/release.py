@@ -93,7 +93,7 @@ def read_audit_csv(path: str | os.PathLike) -> pd.DataFrame:
     """An audit CSV with its text columns kept as text ("" stays "") and empty floats as NaN."""
     text = {"patient_id": str, "source_name": str, "decision": str, "reason": str, "source_outcome": str}
     return pd.read_csv(path, dtype=text, keep_default_na=False,
-                       na_values={"defender_prob": [""], "bce": [""], "guidance": [""]})
+                       na_values={"defender_prob": [""], "copy_ratio": [""], "bce": [""], "guidance": [""]})
 
 
 def replace_dir(src: Path, dst: Path) -> None:
