@@ -175,3 +175,18 @@ def test_the_audit_keeps_its_copy_ratio_through_the_release_directory(tmp_path):
     audit = load_audit_dir(tmp_path / "r")
     assert audit["copy_ratio"].dtype == float and audit["copy_ratio"].isna().sum() == 4   # skipped rows: NaN
     assert (audit.loc[audit.candidate >= 0, "copy_ratio"] == 2.0).all()
+
+
+def test_noisy_conditions_keep_the_norm_and_blur_with_sigma():
+    from trichotomy_lib.privacy.generation import noisy_conditions
+
+    e = np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True) * 4.0
+    assert noisy_conditions(e, 0.0, 1) is not None and np.array_equal(noisy_conditions(e, 0.0, 1), e)
+    cos = []
+    for sigma in (0.5, 1.0, 2.0):
+        c = noisy_conditions(e, sigma, 1)
+        np.testing.assert_allclose(np.linalg.norm(c, axis=1), 4.0, rtol=1e-5)
+        assert np.array_equal(c[:5], noisy_conditions(e[:5], sigma, 1))   # one stream per source: subset-stable
+        cos.append(float(np.mean(np.sum(c * e, axis=1)) / 16))
+    assert cos[0] > cos[1] > cos[2] > 0

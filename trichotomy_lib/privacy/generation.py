@@ -28,6 +28,7 @@ GENERATE_DEFAULTS: dict = {
     "guide": "uncond",       # "uncond": classifier-free (the unconditional mode/model); "early": autoguidance
     "class_guidance": None,  # guidance of edm_class (None: filter.guidance, the DiADM releases' first attempt)
     "batch_size": 256,       # samples per forward pass (does not change any image)
+    "condition_noise": 0.0,  # σ >= 0: DiADM is conditioned on sqrt(D)·(e + σn)/‖e + σn‖ (noisy_conditions); 0: on e
     "filter": {},            # sample_filter.FILTER_DEFAULTS overrides (K, rounds, guidance schedule, veto, ...)
 }
 
@@ -51,6 +52,8 @@ def generate_config(cfg: dict) -> dict:
         raise ConfigError(f"generate.steps must be an integer >= 2, got {g['steps']!r}")
     if g["n_sources"] is not None and (not isinstance(g["n_sources"], int) or g["n_sources"] < 1):
         raise ConfigError(f"generate.n_sources must be null or an integer >= 1, got {g['n_sources']!r}")
+    if not isinstance(g["condition_noise"], (int, float)) or g["condition_noise"] < 0:
+        raise ConfigError(f"generate.condition_noise must be a number >= 0, got {g['condition_noise']!r}")
     if g["class_guidance"] is None:
         g["class_guidance"] = g["filter"]["guidance"]
     return g
@@ -64,6 +67,22 @@ def source_indices(n_train: int, n_sources: int | None, seed: int, *tags) -> np.
         return np.arange(n_train, dtype=np.int64)
     rng = seeds.rng(seed, *(tags or ("generate", "sources")))
     return np.sort(rng.choice(n_train, size=n_sources, replace=False)).astype(np.int64)
+
+
+def noisy_conditions(embeddings, sigma: float, seed: int) -> np.ndarray:
+    """The pseudo-conditions with noise: c_i = sqrt(D) · (e_i + σ n_i) / ‖e_i + σ n_i‖, n_i ~ N(0, I).
+
+    Embeddings have norm sqrt(D), so each coordinate is ~unit scale and σ is a signal-to-noise
+    knob: the coarse content of e (what findings look like) survives, the fine detail that
+    singles a person out is blurred. One noise vector per source, from its own stream, so a
+    source's condition is the same in every release and attempt. σ = 0 returns e unchanged.
+    """
+    e = np.asarray(embeddings, dtype=np.float32)
+    if sigma == 0:
+        return e
+    noise = np.stack([seeds.rng(seed, "generate", "condition_noise", i).normal(size=e.shape[1]) for i in range(len(e))])
+    c = e + np.float32(sigma) * noise.astype(np.float32)
+    return (c / np.linalg.norm(c, axis=1, keepdims=True) * np.sqrt(e.shape[1])).astype(np.float32)
 
 
 def reuse_first_candidate(sample_fn: Callable, raw_images: np.ndarray, raw_sources: np.ndarray, stream: int,

@@ -29,8 +29,8 @@ from ..diffusion.conditional import conditional_sampler
 from ..io import atomic_path, atomic_write_json
 from ..pipeline import Pipeline, StageContext, stage
 from ..privacy.copy_veto import CopyVeto, pixel_space
-from ..privacy.generation import (DIADM_STREAM, EDM_CLASS_STREAM, generate_config, reuse_first_candidate,
-                                  source_indices)
+from ..privacy.generation import (DIADM_STREAM, EDM_CLASS_STREAM, generate_config, noisy_conditions,
+                                  reuse_first_candidate, source_indices)
 from ..privacy.release import load_audit_dir, load_release_dir, make_release, save_release
 from ..privacy.filter_audit import filter_summary
 from ..privacy.roles import val_pairs_seed, veto_threshold
@@ -46,15 +46,18 @@ from .reid import load_verifier
 register_section("generate")(generate_config)
 
 _SAMPLING_KEYS = ("seed", "generate.n_sources", "generate.solver", "generate.steps", "generate.guide",
-                  "generate.batch_size")
+                  "generate.batch_size", "generate.condition_noise")
 
 
 def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: bool = False,
                    solver: str | None = None, steps: int | None = None):
     """``fn(sources, seeds, guidance)`` of the trained denoiser serving ``mode`` ("class" with
     labels, "pseudo" with embeddings, indexed by source), with the profile's ``generate``
-    sampler settings (``solver``/``steps`` override them)."""
+    sampler settings (``solver``/``steps`` override them); pseudo-conditions get the profile's
+    ``generate.condition_noise``."""
     g = pipe.cfg["generate"]
+    if mode == "pseudo" and g["condition_noise"]:
+        conditions = noisy_conditions(conditions, g["condition_noise"], int(pipe.cfg["seed"]))
     return conditional_sampler(load_denoiser(pipe, mode), conditions, "labels" if mode == "class" else "embedding",
                                guide_net=load_guide(pipe, mode, g["guide"]), codec=load_codec(pipe),
                                solver=solver or g["solver"], steps=steps or g["steps"], batch_size=g["batch_size"],
