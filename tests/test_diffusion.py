@@ -274,12 +274,26 @@ def test_latent_codec_round_trip(tmp_path):
 
 
 # ---------------------------------------------------------------------------- stage
-def test_stage_trains_saves_and_samples_every_mode(tmp_path):
-    """The ``diffusion`` stage on a tiny cached 'data' + 'encoder' (written by hand, no upstream compute)."""
-    from trichotomy_lib.config import ConfigError
+def pipeline_on_blobs(cfg: dict, images, labels, emb):
+    """A Pipeline whose 'data' and 'encoder' stages are the blobs, written by hand (no upstream compute)."""
     from trichotomy_lib.data.imageset import ImageSet
     from trichotomy_lib.io import atomic_write_json
     from trichotomy_lib.pipeline import Pipeline
+
+    pipe = Pipeline(cfg, verbose=False)
+    u8 = ((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    ImageSet(u8, labels.numpy().astype(np.uint8), np.array([f"p{i // 2}" for i in range(len(u8))]),
+             np.array([f"s{i}" for i in range(len(u8))])).save(pipe.path("data") / "train")
+    atomic_write_json(pipe.path("data") / "config.json", {})
+    pipe.path("encoder").mkdir(parents=True)
+    np.save(pipe.path("encoder") / "embeddings_train.npy", emb.numpy())
+    atomic_write_json(pipe.path("encoder") / "config.json", {})
+    return pipe
+
+
+def test_stage_trains_saves_and_samples_every_mode(tmp_path):
+    """The ``diffusion`` stage on a tiny cached 'data' + 'encoder' (written by hand, no upstream compute)."""
+    from trichotomy_lib.config import ConfigError
     from trichotomy_lib.stages import diffusion as dstage
 
     images, labels, emb = blobs(16)
@@ -287,14 +301,7 @@ def test_stage_trains_saves_and_samples_every_mode(tmp_path):
            "diffusion": {"preset": "smoke", "network": {"channels": [8, 16], "norm_groups": 4, "head_dim": 8},
                          "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "guide_step": 2},
                          "sampler": {"steps": 3}}}
-    pipe = Pipeline(cfg, verbose=False)
-    u8 = ((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    ImageSet(u8, labels.numpy().astype(np.uint8), np.array([f"p{i // 2}" for i in range(16)]),
-             np.array([f"s{i}" for i in range(16)])).save(pipe.path("data") / "train")
-    atomic_write_json(pipe.path("data") / "config.json", {})
-    pipe.path("encoder").mkdir(parents=True)
-    np.save(pipe.path("encoder") / "embeddings_train.npy", emb.numpy())
-    atomic_write_json(pipe.path("encoder") / "config.json", {})
+    pipe = pipeline_on_blobs(cfg, images, labels, emb)
 
     for mode in ("uncond", "class", "pseudo"):
         assert dstage.load_denoiser(pipe, mode).config.label_dim == 8  # the joint network serves every mode
@@ -320,9 +327,6 @@ def test_the_paper_path_separate_models_in_latent_space(tmp_path):
     from diffusers import AutoencoderKL
 
     import trichotomy_lib.stages  # noqa: F401
-    from trichotomy_lib.data.imageset import ImageSet
-    from trichotomy_lib.io import atomic_write_json
-    from trichotomy_lib.pipeline import Pipeline
     from trichotomy_lib.stages import diffusion as dstage
     from trichotomy_lib.stages.generate import make_sample_fn
 
@@ -337,14 +341,7 @@ def test_the_paper_path_separate_models_in_latent_space(tmp_path):
                          "network": {"channels": [8, 16], "norm_groups": 4, "head_dim": 8, "patch_size": 1},
                          "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2, "guide_step": 1}},
            "generate": {"steps": 2, "batch_size": 3}}
-    pipe = Pipeline(cfg, verbose=False)
-    u8 = ((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    ImageSet(u8, labels.numpy().astype(np.uint8), np.array([f"p{i // 2}" for i in range(16)]),
-             np.array([f"s{i}" for i in range(16)])).save(pipe.path("data") / "train")
-    atomic_write_json(pipe.path("data") / "config.json", {})
-    pipe.path("encoder").mkdir(parents=True)
-    np.save(pipe.path("encoder") / "embeddings_train.npy", emb.numpy())
-    atomic_write_json(pipe.path("encoder") / "config.json", {})
+    pipe = pipeline_on_blobs(cfg, images, labels, emb)
 
     models = dstage.trained_models(pipe)["models"]
     assert sorted(models) == ["class", "pseudo", "uncond"]

@@ -21,7 +21,6 @@ from trichotomy_lib.privacy.reid import (
     sample_pairs,
     score_matrix,
     score_pairs,
-    split_patients,
     topk_nearest,
     train_verifier,
 )

@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from .io import atomic_path
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "TrainingState", "save_training_state", "load_training_state",
-           "remove_training_state"]
+           "remove_training_state", "save_weights"]
 
 FORMAT = "trichotomy-training-state"
 VERSION = 1
@@ -115,6 +115,14 @@ def _check_names(kind: str, items: Mapping | None) -> dict:
 
 
 # ---------------------------------------------------------------------------- saving
+def save_weights(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    """A final model's weights as one safetensors file (contiguous CPU copies), written atomically."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
 def save_training_state(path: str | os.PathLike, *, modules: Mapping | None = None, optimizers: Mapping | None = None,
                         generators: Mapping[str, torch.Generator] | None = None, meta: Mapping | None = None) -> Path:
     """Write a checkpoint to ``path`` (one ``.safetensors`` file) atomically.

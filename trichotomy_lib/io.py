@@ -31,8 +31,9 @@ def atomic_path(path: str | os.PathLike):
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """``text`` as UTF-8, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def to_jsonable(obj):

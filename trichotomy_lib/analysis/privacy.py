@@ -8,11 +8,9 @@ import pandas as pd
 from ..pipeline import Pipeline
 from ..privacy.attack import attack_release
 from ..privacy.audit import EmbeddingCache, veto_tradeoff
-from ..privacy.copy_veto import CopyVeto, leave_patient_out_distances, pixel_space
 from ..privacy.pso import ATTACKER_LABELS
 from ..stages.data import load_splits
-from ..stages.encoder import load_encoder
-from ..stages.generate import release_info
+from ..stages.generate import copy_veto, release_info
 from ..stages.populations import load_populations
 from ..stages.privacy import attacker_spaces, load_any_release
 from ..stages.reid import load_verifier
@@ -138,20 +136,15 @@ def privacy_copy_veto_lever(pipe: Pipeline, quantiles=(0.05, 0.1, 0.2, 0.3)) -> 
     train = load_splits(pipe)["train"]
     pops = load_populations(pipe)
     params = pipe.cfg["privacy"]
-    encoder = load_encoder(pipe)
-    spaces = {"pixels": pixel_space(), "encoder": lambda x: encoder.embed(x)}
-    f = pipe.cfg["generate"]["filter"]
-    spaces = {s: spaces[s] for s in f["copy_spaces"]}
     auditor = load_verifier(pipe, "auditor")
     embed, attackers = EmbeddingCache(auditor, params["batch_size"]), attacker_spaces(pipe, params["attackers"])
-    base = CopyVeto(spaces, train.tensor(), train.patient_ids, min(quantiles))
-    dist = base.distances(release.tensor())
-    lpo = {s: leave_patient_out_distances(base.train[s], train.patient_ids) for s in spaces}
+    veto = copy_veto(pipe, train, min(quantiles))
+    dist = veto.distances(release.tensor())
     rows = []
     for q in quantiles:
         keep = np.ones(len(release), bool)
-        for s in spaces:
-            keep &= dist[s] >= np.quantile(lpo[s], q)
+        for s, t in veto.thresholds_at(q).items():
+            keep &= dist[s] >= t
         row = {"copy quantile q": q, "passes": float(keep.mean())}
         if keep.sum() >= 10:
             r = attack_release(release.subset(keep), np.asarray(source_index)[keep], train, pops["control"], auditor,

@@ -26,12 +26,12 @@ import io
 import os
 import posixpath
 import re
-import tempfile
 import warnings
 from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
+from ..io import atomic_write_text
 from .imageset import LABELS, N_LABELS, ImageSet
 
 __all__ = ["DataError", "patient_id_from_path", "load_images", "read_filelist", "write_filelist"]
@@ -309,13 +309,4 @@ def write_filelist(imageset: ImageSet, path, fmt: str | None = None) -> None:
             if any(c.isspace() for c in str(name)):
                 raise DataError(f"{path}: path {name!r} contains whitespace; use the CSV format")
             buf.write(f"{name} {' '.join(str(int(x)) for x in lab)}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, buf.getvalue())

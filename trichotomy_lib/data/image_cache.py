@@ -41,8 +41,20 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from .decode import (DECODER_VERSION, DEFAULT_BATCH, MIN_SIDE_FRACTION, ImageRefused, _fill, _pool, _progress,
-                     decode_image, decode_images, default_workers, min_image_side)
+from ..io import atomic_path
+from .decode import (
+    DECODER_VERSION,
+    DEFAULT_BATCH,
+    MIN_SIDE_FRACTION,
+    ImageRefused,
+    _fill,
+    _pool,
+    _progress,
+    decode_image,
+    decode_images,
+    default_workers,
+    min_image_side,
+)
 from .filelist import DataError
 
 __all__ = [
@@ -95,17 +107,11 @@ def file_fingerprint(paths, batch: int = DEFAULT_BATCH, where=None) -> tuple[str
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic and on disk before the rename (the JSON is the cache's commit point)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _read_json(path: Path) -> dict | None:

@@ -12,21 +12,14 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..checkpoint import load_training_state, remove_training_state, save_training_state
-from ..io import atomic_path, atomic_write_json
+from ..checkpoint import load_training_state, remove_training_state, save_training_state, save_weights
+from ..io import atomic_write_json
 from .base import Encoder
 
 ENCODER_JSON = "encoder.json"
 ENCODER_WEIGHTS = "encoder.safetensors"
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """Atomic safetensors write (contiguous CPU copies)."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def save_encoder(encoder: Encoder, directory: str | os.PathLike) -> Path:
@@ -34,7 +27,7 @@ def save_encoder(encoder: Encoder, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if encoder.info.get("kind") == "ssl":
-        save_tensors(encoder.net.state_dict(), directory / ENCODER_WEIGHTS)
+        save_weights(directory / ENCODER_WEIGHTS, encoder.net.state_dict())
     atomic_write_json(directory / ENCODER_JSON, {**encoder.info, "dim": encoder.dim, "image_size": encoder.image_size})
     return directory
 

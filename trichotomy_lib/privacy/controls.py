@@ -29,7 +29,7 @@ from ..data.imageset import ImageSet
 from ..data.phantom import generate_phantom
 from .. import seeds
 
-__all__ = ["control_population", "filelist_populations", "positive_control_release",
+__all__ = ["control_population", "filelist_populations", "noised_copies", "positive_control_release",
            "negative_control_release", "prefix_ids", "single_label"]
 
 # Fraction of the val + test patients going to (control, weight, negative, auditor) for file-list data.
@@ -129,24 +129,30 @@ def filelist_populations(val: ImageSet, test: ImageSet, seed: int,
     return out
 
 
-def positive_control_release(train: ImageSet, sigma: float, seed: int) -> tuple[ImageSet, np.ndarray]:
+def noised_copies(train: ImageSet, sigma: float, seed: int, stream: tuple, tag: str) -> tuple[ImageSet, np.ndarray]:
     """Every training image plus N(0, σ²) pixel noise: a release that copies its sources.
 
-    σ is in the [-1, 1] units of ``ImageSet.tensor`` (0.05 ≈ 6 grey levels), in [0, 2].
-    Noise of image ``i`` comes from its own generator seeded by (seed, i), so the release
-    does not depend on how it is batched. Returns ``(release, source_index = arange(N))``;
-    the release keeps the source's labels and patient ids (as generated releases do).
+    σ is in the [-1, 1] units of ``ImageSet.tensor`` (0.05 ≈ 6 grey levels), in [0, 2]. The
+    noise of image ``i`` comes from the seed stream ``(*stream, i)``, so the release does not
+    depend on how it is batched. Names get ``"<tag>:"`` in front; labels and patient ids are the
+    source's (as generated releases keep them). Returns ``(release, source_index = arange(N))``.
     """
     if not 0 <= sigma <= 2:
-        raise ValueError(f"privacy.positive_sigma must be in [0, 2] (image units of [-1, 1]), got {sigma}")
+        raise ValueError(f"noise σ must be in [0, 2] (image units of [-1, 1]), got {sigma}")
     x = train.images.astype(np.float32) / 127.5 - 1.0
     for i in range(len(x)):
-        rng = seeds.rng(seed, "positive_control", i)  # one stream per image: independent of batching
-        x[i] += rng.normal(0.0, sigma, size=x[i].shape).astype(np.float32)
+        x[i] += seeds.rng(seed, *stream, i).normal(0.0, sigma, size=x[i].shape).astype(np.float32)
     images = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
     release = ImageSet(images, np.asarray(train.labels).copy(), np.asarray(train.patient_ids).copy(),
-                       np.char.add("pos:", np.asarray(train.names).astype(str)))
+                       np.char.add(f"{tag}:", np.asarray(train.names).astype(str)))
     return release, np.arange(len(train))
+
+
+def positive_control_release(train: ImageSet, sigma: float, seed: int) -> tuple[ImageSet, np.ndarray]:
+    """The positive control: every training image with light noise σ (``privacy.positive_sigma``)."""
+    if not 0 <= sigma <= 2:
+        raise ValueError(f"privacy.positive_sigma must be in [0, 2] (image units of [-1, 1]), got {sigma}")
+    return noised_copies(train, sigma, seed, ("positive_control",), "pos")
 
 
 def negative_control_release(heldout: ImageSet) -> tuple[ImageSet, None]:

@@ -78,14 +78,20 @@ class CopyVeto:
             raise ValueError("the copy veto needs at least one feature space")
         self.spaces, self.quantile = dict(spaces), float(quantile)
         self.train = {name: torch.as_tensor(fn(train_images)).float() for name, fn in self.spaces.items()}
-        self.thresholds = {}
+        self.leave_patient_out = {}  # {space: (N,) each training image's distance to another patient's}
         for name, feats in self.train.items():
             if not torch.isfinite(feats).all():
                 raise ValueError(f"copy veto: the {name!r} features of the training images contain NaN/inf")
-            self.thresholds[name] = float(np.quantile(leave_patient_out_distances(feats, patient_ids), quantile))
+            self.leave_patient_out[name] = leave_patient_out_distances(feats, patient_ids)
+        self.thresholds = self.thresholds_at(quantile)
+        for name in self.spaces:
             if not self.thresholds[name] > 0:
                 raise ValueError(f"copy veto: threshold 0 in space {name!r} (duplicate training images of "
                                  "different patients?)")
+
+    def thresholds_at(self, quantile: float) -> dict[str, float]:
+        """t_S of rule (1) at another quantile q (the same training distances)."""
+        return {name: float(np.quantile(d, quantile)) for name, d in self.leave_patient_out.items()}
 
     def distances(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         """{space: (n,) distance of each image to its nearest training image}."""

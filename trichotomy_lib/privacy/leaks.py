@@ -29,6 +29,7 @@ from scipy import ndimage
 from .. import seeds
 from ..data.imageset import ImageSet
 from ..data.phantom.variants import acquisition_swap, new_scans, patient_index
+from .controls import noised_copies
 
 __all__ = ["LEAK_LADDERS", "Leak", "noised", "blurred", "shifted", "new_scan_release", "acquisition_release",
            "random_sources", "graded_leaks"]
@@ -67,12 +68,7 @@ def _to_uint8(x) -> np.ndarray:
 
 def noised(train: ImageSet, sigma: float, seed: int) -> tuple[ImageSet, np.ndarray]:
     """Every training image + N(0, σ²) noise (σ in [0, 2], image units); one stream per image."""
-    if not 0 <= sigma <= 2:
-        raise ValueError(f"noise σ must be in [0, 2] (image units of [-1, 1]), got {sigma}")
-    x = _to_float(train.images)
-    for i in range(len(x)):
-        x[i] += seeds.rng(seed, "leak", "noise", i).normal(0.0, sigma, size=x[i].shape).astype(np.float32)
-    return _like(train, _to_uint8(x), f"noise{sigma:g}"), np.arange(len(train))
+    return noised_copies(train, sigma, seed, ("leak", "noise"), f"noise{sigma:g}")
 
 
 def blurred(train: ImageSet, sigma_px: float) -> tuple[ImageSet, np.ndarray]:

@@ -3,7 +3,7 @@
 * ``reid_model``  — ``Verifier`` (siamese network: embed once, score on embeddings), save/load.
 * ``reid_score``  — head on embeddings: ``score_pairs``, ``score_matrix``, ``max_score``,
   ``topk_nearest``, ``retrieve_then_verify``.
-* ``reid_train``  — ``REID_DEFAULTS``, ``sample_pairs``, ``split_patients``, ``train_verifier``.
+* ``reid_train``  — ``REID_DEFAULTS``, ``sample_pairs``, ``train_verifier``.
 * ``reid_eval``   — verification metrics with CIs, precision@1, raw-pixel baseline.
 
 The pipeline stages (``reid_defender``, ``reid_auditor``) and ``load_verifier(pipe, role)``
@@ -34,6 +34,5 @@ from .reid_train import (  # noqa: F401
     Pairs,
     augment,
     sample_pairs,
-    split_patients,
     train_verifier,
 )

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..device import default_device
-from ..io import atomic_path, atomic_write_json
+from ..checkpoint import save_weights
+from ..io import atomic_write_json
 from . import reid_score
 
 WEIGHTS_FILE = "model.safetensors"
@@ -261,13 +262,9 @@ class Verifier(nn.Module):
     # -- files ----------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, extra: dict | None = None) -> Path:
         """``<directory>/model.safetensors`` + ``verifier.json`` (config + ``extra``), atomically."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / WEIGHTS_FILE) as tmp:
-            save_file(state, str(tmp))
+        save_weights(directory / WEIGHTS_FILE, self.state_dict())
         atomic_write_json(directory / CONFIG_FILE, {"config": self.config, **(extra or {})})
         return directory
 

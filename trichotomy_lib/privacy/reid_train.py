@@ -139,18 +139,6 @@ def sample_negatives(patient_ids, n: int, rng: np.random.Generator) -> np.ndarra
     return np.asarray(neg, dtype=np.int64).reshape(-1, 2)
 
 
-def split_patients(patient_ids, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean image masks of two disjoint, seeded halves of the patients (first gets the odd one)."""
-    patient_ids = np.asarray(patient_ids).astype(str)
-    uniq = np.unique(patient_ids)
-    if len(uniq) < 2:
-        raise ValueError(f"cannot split {len(uniq)} patient(s) into two disjoint halves")
-    perm = np.random.default_rng(seed).permutation(uniq)
-    first = set(perm[: math.ceil(len(uniq) / 2)].tolist())
-    mask = np.array([p in first for p in patient_ids])
-    return mask, ~mask
-
-
 # ------------------------------------------------------------------------ augmentation
 def augment(x: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
     """Random pose (shift/zoom/rotation, one affine warp) and exposure (contrast, brightness,

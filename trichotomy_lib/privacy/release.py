@@ -16,7 +16,6 @@ image with the labels of the real image it was conditioned on); its name is
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +93,3 @@ def read_audit_csv(path: str | os.PathLike) -> pd.DataFrame:
     text = {"patient_id": str, "source_name": str, "decision": str, "reason": str, "source_outcome": str}
     return pd.read_csv(path, dtype=text, keep_default_na=False,
                        na_values={"defender_prob": [""], "copy_ratio": [""], "bce": [""], "guidance": [""]})
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished temporary directory onto ``dst`` (removing an older ``dst``)."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(src, dst)

@@ -21,6 +21,7 @@ import torch
 from .. import seeds
 from ..data.imageset import ImageSet
 from .controls import control_population
+from .reid_train import sample_pairs
 
 ROLES = ("defender", "auditor")
 
@@ -66,8 +67,6 @@ def veto_threshold(verifier, val: ImageSet, recall: float, pair_seed: int) -> fl
     the val split (patients the audit never plays on): P(same) >= t for that share of them.
 
     Chosen from how the defender scores genuine matches, not from any audit outcome."""
-    from .reid_train import sample_pairs
-
     pairs = sample_pairs(val.patient_ids, pair_seed, split="val")
     emb = verifier.embed(val)
     same = pairs.label.astype(bool)

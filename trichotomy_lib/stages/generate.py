@@ -92,16 +92,18 @@ def defender_veto(pipe: Pipeline, verifier, train: ImageSet) -> tuple[Callable, 
     return fn, veto_threshold(verifier, load_splits(pipe)["val"], f["veto_recall"], val_pairs_seed(int(pipe.cfg["seed"])))
 
 
-def copy_veto(pipe: Pipeline, train: ImageSet) -> CopyVeto | None:
-    """The near-copy rule of the profile's filter (None when ``filter.copy_quantile`` is null)."""
+def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None) -> CopyVeto | None:
+    """The near-copy rule in the profile's ``filter.copy_spaces``, at ``quantile`` (default the
+    profile's ``filter.copy_quantile``; None when that is null and no quantile is given)."""
     f = pipe.cfg["generate"]["filter"]
-    if f["copy_quantile"] is None:
+    quantile = f["copy_quantile"] if quantile is None else quantile
+    if quantile is None:
         return None
     spaces = {"pixels": pixel_space()}
     if "encoder" in f["copy_spaces"]:
         encoder = load_encoder(pipe)
         spaces["encoder"] = lambda x: encoder.embed(x)
-    return CopyVeto({s: spaces[s] for s in f["copy_spaces"]}, train.tensor(), train.patient_ids, f["copy_quantile"])
+    return CopyVeto({s: spaces[s] for s in f["copy_spaces"]}, train.tensor(), train.patient_ids, quantile)
 
 
 def filter_models(pipe: Pipeline, train: ImageSet, progress: bool = False, solver=None, steps=None) -> FilterModels:

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ...data.imageset import ImageSet
 from ...device import default_device
-from ...io import atomic_path, atomic_write_json
+from ...checkpoint import save_weights
+from ...io import atomic_write_json
 from .nets import build_net
 
 _FORMAT = "trichotomy-classifier"
@@ -106,9 +107,7 @@ class Classifier:
         """``classifier.safetensors`` (weights) + ``classifier.json`` (everything else)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        with atomic_path(directory / _WEIGHTS_FILE) as tmp:
-            save_file(state, str(tmp))
+        save_weights(directory / _WEIGHTS_FILE, self.net.state_dict())
         meta = {"format": _FORMAT, "version": 1, "hparams": self.hparams, "history": self.history,
                 "best_epoch": self.best_epoch, "info": self.info}
         atomic_write_json(directory / _META_FILE, meta)
