@@ -73,6 +73,24 @@ def test_build_phantom():
     assert set(DEFAULT_DATA_CFG) >= {"source", "n_patients", "image_size", "site", "split_fractions", "split_seed"}
 
 
+def test_fresh_evaluation_patients():
+    """val/test_patients: fresh patients of the same population; train unchanged, nobody shared."""
+    base = build_dataset({"n_patients": 20, "image_size": 16, "seed": 3})
+    big = build_dataset({"n_patients": 20, "image_size": 16, "seed": 3, "val_patients": 15, "test_patients": 40})
+    np.testing.assert_array_equal(big["train"].images, base["train"].images)
+    assert big["test"].n_patients == 40 and big["val"].n_patients <= 15
+    assert (np.asarray(big["val"].labels).sum(1) <= 1).all()              # val single-label like train
+    ids = {k: set(v.patient_ids.tolist()) for k, v in big.items()}
+    assert not ids["train"] & ids["test"] and not ids["train"] & ids["val"] and not ids["val"] & ids["test"]
+    # the continuation of the dataset's own patient sequence: patient 20 onwards
+    ref = generate_phantom(55, 16, seed=3)
+    first_test = ref.subset(np.asarray(ref.patient_ids) == "a-p00035")
+    row = np.flatnonzero(np.asarray(big["test"].patient_ids) == "a-p00035")
+    np.testing.assert_array_equal(big["test"].images[row], first_test.images)
+    only_test = build_dataset({"n_patients": 20, "image_size": 16, "seed": 3, "test_patients": 40})
+    np.testing.assert_array_equal(only_test["val"].images, base["val"].images)
+
+
 @pytest.mark.parametrize(
     "cfg, field",
     [
@@ -87,6 +105,9 @@ def test_build_phantom():
         ({"split_seed": None}, "data.split_seed"),
         ({"phantom": {"bogus": 1}}, "data.phantom.bogus"),
         ({"source": "filelist"}, "data.filelist"),
+        ({"test_patients": 1}, "data.test_patients"),
+        ({"val_patients": "many"}, "data.val_patients"),
+        ({"source": "filelist", "filelist": "x.txt", "test_patients": 100}, "data.test_patients"),
     ],
 )
 def test_build_validates(cfg, field):

@@ -59,7 +59,7 @@ def test_difference_ci_sign_and_real_row():
     assert list(table.index) == ["real data", "syn"]
     assert table.loc["real data", "Δ to real (points)"] == "0 (reference)"
     assert table.loc["syn", "Δ to real (points)"].startswith("+")
-    with pytest.raises(ValueError, match="must both be"):
+    with pytest.raises(ValueError, match="on the same"):
         utility_row(y, good[:, :7])
 
 

@@ -29,6 +29,8 @@ CHECK_DEFAULTS: dict = {
     "controls_monotone": None,    # 06: share of (leak ladder, attacker) whose risk falls as the leak weakens (>= this)
     "veto_sensitivity": None,     # 06: the filter's lowest veto rate on planted near-duplicates (>= this)
     "cross_site_diagonal": None,  # 07: true: each site's own test AUROC beats the off-diagonal mean
+    "finding_auroc": None,        # 07: the real row's weakest per-finding AUROC (>= this: every finding learnable)
+    "utility_ci_halfwidth": None, # 07: half-width of the real row's mean-AUROC interval, points (<= this: power)
 }
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}
 

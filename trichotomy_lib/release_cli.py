@@ -58,7 +58,7 @@ def release_config(profile: str, filelist: str | None = None, data_root: str | N
         if data_root is None:
             raise config_mod.ConfigError("--data-root is required with --filelist (the folder the paths are relative to)")
         cfg["data"] = {**(cfg.get("data") or {}), "source": "filelist", "filelist": os.path.abspath(filelist)}
-        for key in ("site", "n_patients", "max_scans", "phantom", "seed"):
+        for key in ("site", "n_patients", "max_scans", "phantom", "seed", "val_patients", "test_patients"):
             cfg["data"].pop(key, None)
         cfg["data_root"] = os.path.abspath(data_root)
         cfg["reid"] = {**(cfg.get("reid") or {}), "extra_patients": 0}

@@ -9,28 +9,46 @@ from .. import seeds
 from ..data.imageset import LABELS, ImageSet, images_to_uint8
 from ..evaluation.fidelity import FEATURE_SPACE_NOTE, fidelity_row, penultimate_features
 from ..evaluation.stats import frechet_distance
-from ..evaluation.utility import cross_table, utility_row, utility_table
+from ..evaluation.seeded import seeded_auroc
+from ..evaluation.utility import cross_table, not_estimable, utility_row, utility_table
 from ..pipeline import Pipeline
 from ..releases import REAL, label
 from ..stages.data import load_splits
 from ..stages.fidelity import load_feature_net, load_fidelity
 from ..stages.utility import load_cross_site, load_test_probs, load_training_info
 
-__all__ = ["utility_rows", "utility_main", "utility_differences", "utility_fidelity", "utility_cross_site",
+__all__ = ["utility_rows", "utility_main", "utility_differences", "utility_headline", "utility_fidelity", "utility_cross_site",
            "feature_space_note", "sample_fd"]
 
 
 def utility_rows(pipe: Pipeline, releases=None) -> dict:
     """{"rows": {row: utility_row}, "info": {row: info.json}} for "real" + ``releases`` (default
-    ``utility.releases``; each trained on first use). CIs: ``utility.n_boot`` resamples of the test images, seeded by
-    the profile's seed (the same resamples for every row: paired)."""
+    ``utility.releases``; each trained on first use). Intervals: ``utility.n_boot`` resamples of
+    the test *patients*, seeded by the profile's seed (the same resamples and the same classifier
+    seeds for every row: paired), combined with the spread over ``utility.seeds``. A row whose
+    training set has no image of some finding is marked not estimable (``note``)."""
     u = pipe.cfg["utility"]
-    y_test = load_splits(pipe, mmap=True)["test"].labels
+    test = load_splits(pipe, mmap=True)["test"]
     boot_seed = seeds.derive(int(pipe.cfg["seed"]), "utility", "bootstrap")
-    probs = {row: load_test_probs(pipe, row) for row in [REAL, *(u["releases"] if releases is None else releases)]}
-    rows = {row: utility_row(y_test, p, None if row == REAL else probs[REAL], u["n_boot"], boot_seed, u["level"])
-            for row, p in probs.items()}
-    return {"rows": rows, "info": {row: load_training_info(pipe, row) for row in probs}}
+    names = [REAL, *(u["releases"] if releases is None else releases)]
+    probs = {row: load_test_probs(pipe, row) for row in names}
+    info = {row: load_training_info(pipe, row) for row in names}
+    rows = {}
+    for row, p in probs.items():
+        r = utility_row(test.labels, p, None if row == REAL else probs[REAL], u["n_boot"], boot_seed, u["level"],
+                        groups=test.patient_ids)
+        missing = not_estimable(info[row].get("label_counts", np.ones(len(LABELS))))
+        if missing:
+            r["note"] = f"not estimable: the training set has no image of {', '.join(missing)}"
+        rows[row] = r
+    baseline = "edm_class"
+    for row in names:  # paired difference to the class-conditional baseline (same patients, same seeds)
+        if row not in (REAL, baseline) and baseline in probs:
+            d = seeded_auroc(test.labels, probs[row], probs[baseline], list(LABELS), groups=test.patient_ids,
+                             n_boot=u["n_boot"], seed=boot_seed, level=u["level"])
+            rows[row]["vs_baseline"] = {"baseline": baseline, "diff_points": 100 * d["diff"],
+                                        "diff_lo": 100 * d["diff_lo"], "diff_hi": 100 * d["diff_hi"]}
+    return {"rows": rows, "info": info}
 
 
 def utility_main(result: dict) -> pd.DataFrame:
@@ -40,24 +58,50 @@ def utility_main(result: dict) -> pd.DataFrame:
 
 
 def utility_differences(result: dict) -> pd.DataFrame:
-    """Δ mean AUROC to real (points, paired 95 % CI) per release, and whether the CI excludes a
-    loss of more than 1 point (the paper's headline)."""
+    """Δ mean AUROC to real (points, paired 95 % interval over test patients and seeds) per
+    release, each seed's Δ, and whether the interval excludes a loss of more than 1 point (the
+    paper's headline). Not-estimable rows are left out."""
     rows = {label(n): {"Δ (points)": r["diff_points"], "lo": r["diff_lo"], "hi": r["diff_hi"],
+                       "Δ per seed": ", ".join(f"{d:+.1f}" for d in r.get("diff_per_seed", [r["diff_points"]])),
                        "CI excludes a loss > 1 point": bool(r["diff_lo"] > -1.0)}
-            for n, r in result["rows"].items() if n != REAL}
+            for n, r in result["rows"].items() if n != REAL and not r.get("note", "").startswith("not estimable")}
     return pd.DataFrame(rows).T
 
 
+def utility_headline(result: dict, release: str = "diadm_filter", baseline: str = "edm_class") -> str:
+    """The paper's headline claim, measured: one sentence on ``release`` against real data and
+    against ``baseline``, with the paired intervals (test patients × seeds)."""
+    rows = result["rows"]
+    r = rows[release]
+    if r.get("note", "").startswith("not estimable"):
+        return f"{label(release)}: {r['note']}."
+    within = r["diff_lo"] > -1.0
+    verdict = ("within 1 AUROC point of real data (the interval excludes a larger loss)" if within else
+               "not shown to be within 1 point of real data" + (" (its interval reaches below −1)"
+                                                               if r["diff_hi"] > -1.0 else
+                                                               " (the whole interval lies below −1)"))
+    text = (f"{label(release)} scores {100 * r['auroc']['mean']:.1f} mean AUROC against real data's "
+            f"{100 * rows[REAL]['auroc']['mean']:.1f}: Δ {r['diff_points']:+.1f} points "
+            f"[{r['diff_lo']:+.1f}, {r['diff_hi']:+.1f}] over {r['n_seeds']} seeds, {verdict}")
+    vs = r.get("vs_baseline")
+    if vs and vs["baseline"] == baseline and not rows[baseline].get("note", "").startswith("not estimable"):
+        sign = "above" if vs["diff_lo"] > 0 else "below" if vs["diff_hi"] < 0 else "not separable from"
+        text += (f"; {vs['diff_points']:+.1f} points [{vs['diff_lo']:+.1f}, {vs['diff_hi']:+.1f}] against "
+                 f"{label(baseline)} ({100 * rows[baseline]['auroc']['mean']:.1f}): {sign} it")
+    return text + "."
+
+
 def utility_fidelity(pipe: Pipeline) -> pd.DataFrame:
-    """One row per release (+ the real test split as reference): FD to train, IRS_α, IRS_∞ with
-    bounds, adjusted IRS with bounds. Raw numbers (floats)."""
+    """One row per release (+ the whole real test split): FD to train, IRS_α, IRS_∞ with bounds,
+    adjusted IRS with bounds; each release against real test images subsampled to its own size
+    (``n_reference``; ``fd_test`` and ``irs_real_inf`` are that reference's). Raw numbers."""
     u = pipe.cfg["utility"]
     rows = {label(name): load_fidelity(pipe, name) for name in u["releases"]}
     _, train_f, test_f = load_feature_net(pipe)
-    ref = fidelity_row(test_f, train_f, test_f, u["alpha_e"])
-    rows["real test split (reference)"] = {**ref, "fd": ref["fd_test"]}
-    cols = ["n", "fd", "irs_alpha", "irs_inf", "irs_inf_lo", "irs_inf_hi", "at_cap", "irs_adjusted",
-            "irs_adjusted_lo", "irs_adjusted_hi", "fd_test", "irs_real_inf"]
+    ref = fidelity_row(test_f, train_f, test_f, u["alpha_e"], equal_n=False)
+    rows["real test split (whole)"] = {**ref, "fd": ref["fd_test"]}
+    cols = ["n", "n_reference", "fd", "fd_test", "irs_alpha", "irs_inf", "irs_inf_lo", "irs_inf_hi", "at_cap",
+            "irs_adjusted", "irs_adjusted_lo", "irs_adjusted_hi", "irs_real_inf"]
     df = pd.DataFrame.from_dict(rows, orient="index")[cols]
     df.index.name = "release"
     return df
@@ -76,12 +120,16 @@ def feature_space_note(pipe: Pipeline) -> str:
 def sample_fd(pipe: Pipeline, samples) -> dict:
     """Fréchet distance of generated images ((N, 1, H, W) in [-1, 1]) to the real training split in
     the fidelity feature space (an independently seeded classifier: neither the
-    pseudo-conditioning encoder nor the auditor), beside the real test split's own distance
-    (``fd_test``, the floor at its size; FD grows as n shrinks, so compare like sizes)."""
+    pseudo-conditioning encoder nor the auditor), beside real test images' own distance at the
+    same size (``fd_test`` over ``n_test`` images, the floor at that n: FD grows as n shrinks)."""
     images = images_to_uint8(samples)
     n = len(images)
     as_set = ImageSet(images, np.zeros((n, len(LABELS)), np.uint8), np.full(n, "sample"),
                       np.array([f"sample_{i}" for i in range(n)]))
     feat_clf, train_f, test_f = load_feature_net(pipe)
-    return {"n": n, "fd": frechet_distance(penultimate_features(feat_clf, as_set), train_f),
-            "fd_test": frechet_distance(test_f, train_f), "n_test": len(test_f)}
+    synth_f = penultimate_features(feat_clf, as_set)
+    m = min(n, len(test_f))
+    rng = seeds.rng(int(pipe.cfg["seed"]), "fidelity", "sample_fd")
+    synth_f = synth_f[np.sort(rng.choice(n, m, replace=False))] if n > m else synth_f
+    test_f = test_f[np.sort(rng.choice(len(test_f), m, replace=False))] if len(test_f) > m else test_f
+    return {"n": m, "fd": frechet_distance(synth_f, train_f), "fd_test": frechet_distance(test_f, train_f), "n_test": m}

@@ -25,6 +25,8 @@ DEFAULT_DATA_CFG: dict = dict(
     phantom={},  # phantom only: overrides of phantom.PHANTOM_DEFAULTS
     filelist=None,  # filelist only: path of the list, relative to data_root
     split_fractions=(0.8, 0.1, 0.1),  # train/val/test fractions of patients
+    val_patients=None,  # phantom only: None = the split's val; else this many fresh patients
+    test_patients=None,  # phantom only: None = the split's test; else this many fresh patients
     split_seed=42,  # the paper's split seed
 )
 
@@ -69,6 +71,11 @@ def validate_data_cfg(data_cfg: dict | None) -> dict:
            "split_fractions", f"must be three positive numbers summing to 1, got {fr!r}")
     cfg["split_fractions"] = tuple(float(f) for f in fr)
     _check(_is_int(cfg["split_seed"]), "split_seed", f"must be an integer, got {cfg['split_seed']!r}")
+    for key in ("val_patients", "test_patients"):
+        _check(cfg[key] is None or (_is_int(cfg[key]) and cfg[key] >= 2), key,
+               f"must be null or an integer >= 2, got {cfg[key]!r}")
+        if cfg["source"] == "filelist":
+            _check(cfg[key] is None, key, "phantom only; a file list keeps the split's patients (split_fractions)")
     return cfg
 
 
@@ -93,6 +100,31 @@ def _split_cached(ds: ImageSet, cache: str, fractions, split_seed: int) -> dict[
     return out
 
 
+def _phantom_splits(cfg: dict, seed: int | None) -> dict[str, ImageSet]:
+    """PhantomCXR split 80/10/10; ``val_patients`` / ``test_patients`` replace a split by fresh patients.
+
+    The fresh patients continue the dataset's own patient sequence (indices ``n_patients``,
+    ``n_patients + 1``, … of the same seed and site): the same population, none of them in
+    train, and the training split is the same whatever their number. An evaluation population
+    can so be made as large as power needs (the paper's 10 % of a few hundred patients
+    leaves a handful of positives per finding) while the generator's training data stays put.
+    The split's own val/test patients are then left unused.
+    """
+    kwargs = dict(image_size=cfg["image_size"], site=cfg["site"], max_scans=cfg["max_scans"],
+                  seed=cfg["seed"] if cfg["seed"] is not None else (seed if seed is not None else 0),
+                  params=cfg["phantom"] or None, progress=True)
+    splits = split_patients(generate_phantom(cfg["n_patients"], **kwargs), cfg["split_fractions"], cfg["split_seed"])
+    first = cfg["n_patients"]
+    for name in ("val", "test"):
+        n = cfg[f"{name}_patients"]
+        if n is None:
+            continue
+        fresh = generate_phantom(n, first_patient=first, **kwargs)
+        splits[name] = fresh if name == "test" else fresh.subset(np.asarray(fresh.labels).sum(1) <= 1)
+        first += n
+    return splits
+
+
 def build_dataset(data_cfg: dict | None, data_root: str | Path | None = None, seed: int | None = None, *,
                   cache_dir: str | Path | None = None, info: dict | None = None) -> dict[str, ImageSet]:
     """Build the dataset a profile describes and split it patient-disjointly.
@@ -111,22 +143,15 @@ def build_dataset(data_cfg: dict | None, data_root: str | Path | None = None, se
 
     Returns:
         ``{"train", "val", "test"}`` → ImageSet (train/val single-label, test multi-label too).
+        PhantomCXR with ``val_patients`` / ``test_patients`` set: those splits are fresh
+        patients of the same population (see ``_phantom_splits``).
 
     For a file list one line is printed: rows read, rows dropped for having none of the
     8 findings (as in the paper), images kept, and the cache used.
     """
     cfg = validate_data_cfg(data_cfg)
     if cfg["source"] == "phantom":
-        ds = generate_phantom(
-            cfg["n_patients"],
-            image_size=cfg["image_size"],
-            seed=cfg["seed"] if cfg["seed"] is not None else (seed if seed is not None else 0),
-            site=cfg["site"],
-            max_scans=cfg["max_scans"],
-            params=cfg["phantom"] or None,
-            progress=True,
-        )
-        return split_patients(ds, cfg["split_fractions"], cfg["split_seed"])
+        return _phantom_splits(cfg, seed)
     if data_root is None:
         raise DataError("data_root: required when data.source is 'filelist' (give --data-root)")
     root = Path(data_root)

@@ -13,13 +13,15 @@ privacy filter, which selects the released samples — measuring the filter's ou
 network that chose it would be a second circularity.
 
 * Fréchet distance (Heusel et al. 2017): Gaussians fitted to the features of the release and of
-  the real training split, ``stats.frechet_distance``. Its value depends on the sample sizes,
-  so the real *test* split's distance to the training split is reported beside it as the
-  floor a perfect generator would reach at that size.
+  the real training split, ``stats.frechet_distance``. Its value depends on the sample sizes
+  (the bias of the covariance estimate grows as ~1/n), so every release is compared with a
+  real reference *of the same size*: the larger of (release, real test split) is subsampled
+  to the smaller one's n (``fidelity_row(equal_n=True)``), and the real test images' distance
+  to the training split at that n is the floor a perfect generator would reach.
 * IRS (Dombrowski et al. 2025, ``irs.py``): each synthetic feature retrieves its nearest
   training feature; distinct hits → ``IRS_α``; occupancy-model estimate ``IRS_∞`` with bounds;
-  divided by the same estimate for real test queries (the *adjusted* IRS, ≈ 1 = as diverse as
-  real data in this space).
+  divided by the same estimate for real test queries at the same n (the *adjusted* IRS, ≈ 1 =
+  as diverse as real data in this space; IRS also grows with n).
 """
 
 from __future__ import annotations
@@ -69,16 +71,21 @@ def penultimate_features(clf: Classifier, images: ImageSet, batch_size: int | No
     return torch.cat(captured).numpy().astype(np.float32)
 
 
-def fidelity_row(synth_feats, train_feats, test_feats, alpha_e: float = 0.05) -> dict:
+def fidelity_row(synth_feats, train_feats, test_feats, alpha_e: float = 0.05, equal_n: bool = True,
+                 seed: int = 0) -> dict:
     """FD and IRS of one release in a feature space.
 
     synth_feats (n, D): the release; train_feats (N_train, D): the real training split (the
     generator's training data); test_feats (N_test, D): real held-out images (the reference).
+    equal_n: subsample the larger of release and reference to the smaller one's size (default
+        True), so the FD and IRS of the release and of the reference carry the same size bias;
+        False uses both whole. seed: seeds the subsample.
 
-    Returns ``fd`` (release vs train), ``fd_test`` (real test vs train: the floor at the test
-    split's size), ``irs_alpha`` / ``irs_inf`` / ``irs_inf_lo`` / ``irs_inf_hi`` / ``at_cap``
+    Returns ``fd`` (release vs train), ``fd_test`` (real test vs train: the floor at the same
+    size), ``irs_alpha`` / ``irs_inf`` / ``irs_inf_lo`` / ``irs_inf_hi`` / ``at_cap``
     (synthetic queries), ``irs_real_inf`` (real test queries), ``irs_adjusted`` with
-    ``irs_adjusted_lo`` / ``_hi``, and ``n``, ``n_train``, ``k`` (distinct hits).
+    ``irs_adjusted_lo`` / ``_hi``, ``n`` (release images used), ``n_reference`` (real test
+    images used), ``n_release`` (the release's size), ``n_train``, ``k`` (distinct hits).
     """
     synth, train, test = (np.asarray(a, dtype=np.float64) for a in (synth_feats, train_feats, test_feats))
     for name, a in (("synth_feats", synth), ("train_feats", train), ("test_feats", test)):
@@ -86,12 +93,18 @@ def fidelity_row(synth_feats, train_feats, test_feats, alpha_e: float = 0.05) ->
             raise ValueError(f"fidelity_row: {name} must be a finite (N >= 2, D) array, got shape {a.shape}")
     if not synth.shape[1] == train.shape[1] == test.shape[1]:
         raise ValueError(f"fidelity_row: feature dimensions differ: {synth.shape[1]}, {train.shape[1]}, {test.shape[1]}")
+    n_release = len(synth)
+    if equal_n:
+        m = min(len(synth), len(test))
+        rng = np.random.default_rng(seed)
+        synth = synth[np.sort(rng.choice(len(synth), m, replace=False))] if len(synth) > m else synth
+        test = test[np.sort(rng.choice(len(test), m, replace=False))] if len(test) > m else test
     irs = adjusted_irs(synth, test, train, alpha_e=alpha_e)
     syn, real = irs["synthetic"], irs["real"]
     return dict(
         fd=frechet_distance(synth, train), fd_test=frechet_distance(test, train),
-        n=syn["n"], n_train=syn["n_train"], k=syn["k"], irs_alpha=syn["irs_alpha"],
-        irs_inf=syn["irs_inf"], irs_inf_lo=syn["irs_inf_lo"], irs_inf_hi=syn["irs_inf_hi"], at_cap=syn["at_cap"],
-        irs_real_inf=real["irs_inf"], irs_adjusted=irs["adjusted"],
-        irs_adjusted_lo=irs["adjusted_lo"], irs_adjusted_hi=irs["adjusted_hi"],
+        n=syn["n"], n_reference=len(test), n_release=n_release, n_train=syn["n_train"], k=syn["k"],
+        irs_alpha=syn["irs_alpha"], irs_inf=syn["irs_inf"], irs_inf_lo=syn["irs_inf_lo"],
+        irs_inf_hi=syn["irs_inf_hi"], at_cap=syn["at_cap"], irs_real_inf=real["irs_inf"],
+        irs_adjusted=irs["adjusted"], irs_adjusted_lo=irs["adjusted_lo"], irs_adjusted_hi=irs["adjusted_hi"],
     )

@@ -60,16 +60,30 @@ def _check_auroc_inputs(y_true, y_score):
     return y_true.astype(bool), y_score
 
 
-def _iter_boot_counts(n: int, n_boot: int, seed: int, chunk: int = 250):
+def _iter_boot_counts(n: int, n_boot: int, seed: int, chunk: int = 250, groups=None):
     """Yield (b, n) float32 multiplicities of each image in successive blocks of resamples
     (exact: counts <= n < 2**24). The caller uses one stream for all classes and all
-    scores, i.e. one shared set of resampled indices: a paired bootstrap."""
+    scores, i.e. one shared set of resampled indices: a paired bootstrap.
+
+    groups: optional (n,) cluster labels (e.g. patient ids). Then whole clusters are resampled
+    (a cluster bootstrap): the scans of one patient are correlated, and resampling them one
+    by one would treat them as independent evidence and make the interval too narrow.
+    """
     rng = np.random.default_rng(seed)
+    if groups is None:
+        inverse, m = None, n
+    else:
+        groups = np.asarray(groups)
+        if groups.shape != (n,):
+            raise ValueError(f"groups must have one label per image ({n},), got shape {groups.shape}")
+        _, inverse = np.unique(groups, return_inverse=True)
+        m = int(inverse.max()) + 1
     for b0 in range(0, n_boot, chunk):
         b = min(chunk, n_boot - b0)
-        idx = rng.integers(0, n, size=(b, n))
-        idx += n * np.arange(b)[:, None]
-        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
+        idx = rng.integers(0, m, size=(b, m))
+        idx += m * np.arange(b)[:, None]
+        counts = np.bincount(idx.ravel(), minlength=b * m).reshape(b, m).astype(np.float32)
+        yield counts if inverse is None else counts[:, inverse]
 
 
 class _AurocPlan:
@@ -103,14 +117,15 @@ class _AurocPlan:
             return np.where(den > 0, num / den, np.nan)
 
 
-def _boot_aurocs(y_true, scores, n_boot: int, seed: int) -> list[np.ndarray]:
+def _boot_aurocs(y_true, scores, n_boot: int, seed: int, groups=None) -> list[np.ndarray]:
     """For each (N, C) score array in ``scores``: (n_boot, C) per-class AUROC on the same
-    resamples; NaN where a class has a single label value in a resample."""
+    resamples (of images, or of ``groups`` when given); NaN where a class has a single label
+    value in a resample."""
     plans = [[_AurocPlan(y_true[:, c], sc[:, c]) for c in range(y_true.shape[1])]
              for sc in scores]
     out = [np.empty((n_boot, y_true.shape[1])) for _ in scores]
     b0 = 0
-    for w in _iter_boot_counts(len(y_true), n_boot, seed):
+    for w in _iter_boot_counts(len(y_true), n_boot, seed, groups=groups):
         for o, plan in zip(out, plans):
             for c, p in enumerate(plan):
                 o[b0:b0 + len(w), c] = p(w)
@@ -127,13 +142,14 @@ def _percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def auroc_table(y_true, y_score, class_names=None, n_boot: int = 1000, seed: int = 0,
-                level: float = 0.95) -> pd.DataFrame:
+                level: float = 0.95, groups=None) -> pd.DataFrame:
     """Per-class AUROC (sklearn ``roc_auc_score``) and their mean, with paired bootstrap CIs.
 
     Args:
         y_true: (N, C) 0/1 labels. y_score: (N, C) scores (any monotone scale).
         class_names: C names (default "class_0", ...). n_boot: resamples of the N images
             (default 1000; 0 = no CI). seed: resampling seed. level: CI level.
+        groups: optional (N,) patient ids: resample patients instead of images.
 
     Returns a DataFrame indexed by class name plus "mean", columns
     ``auroc, lo, hi, n_pos, n_neg, n_boot_valid, note``. The "mean" row is the mean of the
@@ -156,7 +172,7 @@ def auroc_table(y_true, y_score, class_names=None, n_boot: int = 1000, seed: int
     auroc = np.full(c, np.nan)
     for j in np.nonzero(ok)[0]:
         auroc[j] = roc_auc_score(y_true[:, j], y_score[:, j])
-    boots = _boot_aurocs(y_true, [y_score], n_boot, seed)[0]
+    boots = _boot_aurocs(y_true, [y_score], n_boot, seed, groups)[0]
     rows = []
     for j in range(c):
         lo, hi = _percentile_ci(boots[:, j], level) if ok[j] else (np.nan, np.nan)
@@ -178,7 +194,7 @@ def auroc_table(y_true, y_score, class_names=None, n_boot: int = 1000, seed: int
 
 
 def auroc_difference_ci(y_true, score_a, score_b, n_boot: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict:
+                        level: float = 0.95, groups=None) -> dict:
     """Mean-AUROC difference ``A - B`` on the same test images, paired bootstrap CI.
 
     Typical use: A = classifier trained on synthetic data, B = trained on real data,
@@ -196,7 +212,7 @@ def auroc_difference_ci(y_true, score_a, score_b, n_boot: int = 1000, seed: int 
     yt = y_true[:, ok]
     mean_a = np.mean([roc_auc_score(yt[:, j], score_a[:, ok][:, j]) for j in range(yt.shape[1])])
     mean_b = np.mean([roc_auc_score(yt[:, j], score_b[:, ok][:, j]) for j in range(yt.shape[1])])
-    boot_a, boot_b = _boot_aurocs(yt, [score_a[:, ok], score_b[:, ok]], n_boot, seed)
+    boot_a, boot_b = _boot_aurocs(yt, [score_a[:, ok], score_b[:, ok]], n_boot, seed, groups)
     d = boot_a.mean(1) - boot_b.mean(1)            # same resamples for A and B: paired
     lo, hi = _percentile_ci(d, level)
     return dict(auroc_a=float(mean_a), auroc_b=float(mean_b), diff=float(mean_a - mean_b),

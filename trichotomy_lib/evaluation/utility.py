@@ -3,9 +3,10 @@
 The paper's main table: the reference classifier (same architecture, same budget) is trained on
 each training set — the real training split and every synthetic release, each sample labelled
 with its *source* image's labels — its epoch is selected on the *real* validation split, and it
-is tested on the *real* test split. Per row: per-class AUROC and their mean with bootstrap CIs,
-and the difference of the mean to the real row in points with a *paired* bootstrap CI (both
-classifiers scored on the same resampled test images, ``stats.auroc_difference_ci``).
+is tested on the *real* test split. Each row is trained with ``utility.seeds`` classifier seeds.
+Per row: per-class AUROC and their mean (over seeds) with intervals that combine a bootstrap over
+test patients with the seed spread, and the difference of the mean to the real row in points,
+paired over the same resampled patients and the same seeds (``evaluation.seeded``).
 
 The cross-dataset table (real data only) trains one classifier per dataset (PhantomCXR site,
 or real file list) and tests it on every dataset's test split.
@@ -23,7 +24,7 @@ from .. import config as config_mod
 from ..releases import GENERATED as RELEASES
 from ..data.imageset import LABELS, N_LABELS, ImageSet
 from .classifier import Classifier, classifier_config, fit_classifier
-from .stats import auroc_difference_ci, auroc_table
+from .seeded import seeded_auroc
 
 UTILITY_DEFAULTS: dict = {
     # Releases with a row in the main table (``releases.RELEASES``), in display order.
@@ -32,7 +33,8 @@ UTILITY_DEFAULTS: dict = {
     # included (retrained then, instead of reusing stage `classifier`), so the comparison stays
     # at equal budget. {} (default/paper): exactly the reference classifier's recipe.
     "classifier": {},
-    "n_boot": 1000,          # bootstrap resamples for AUROC CIs and the paired difference (>= 0)
+    "seeds": 3,              # classifier seeds per row (>= 1); seed 0 is the profile's seed, the rest derived
+    "n_boot": 1000,          # bootstrap resamples (of test patients) for every interval (>= 1)
     "level": 0.95,           # confidence level of every interval, in (0, 1)
     # Cross-dataset table: name → overrides of the `data` section that build that dataset with
     # otherwise the same data settings (PhantomCXR: {site: b}; real data: {filelist: mimic.txt}).
@@ -60,8 +62,10 @@ def utility_config(cfg: dict) -> dict:
         raise config_mod.ConfigError(f"utility.releases={u['releases']!r}: each must be one of {list(RELEASES)}")
     if len(set(u["releases"])) != len(u["releases"]):
         raise config_mod.ConfigError(f"utility.releases={u['releases']!r}: duplicates")
-    if not isinstance(u["n_boot"], int) or u["n_boot"] < 0:
-        raise config_mod.ConfigError(f"utility.n_boot={u['n_boot']!r}: must be an integer >= 0")
+    if not isinstance(u["n_boot"], int) or isinstance(u["n_boot"], bool) or u["n_boot"] < 1:
+        raise config_mod.ConfigError(f"utility.n_boot={u['n_boot']!r}: must be an integer >= 1")
+    if not isinstance(u["seeds"], int) or isinstance(u["seeds"], bool) or u["seeds"] < 1:
+        raise config_mod.ConfigError(f"utility.seeds={u['seeds']!r}: must be an integer >= 1")
     if not 0 < u["level"] < 1:
         raise config_mod.ConfigError(f"utility.level={u['level']!r}: must be in (0, 1)")
     if not isinstance(u["cross_site"], dict) or not all(isinstance(v, dict) for v in u["cross_site"].values()):
@@ -91,32 +95,41 @@ def train_and_predict(train_set: ImageSet, val_set: ImageSet, test_set: ImageSet
     return clf, clf.predict_proba(test_set).astype(np.float32)
 
 
-def utility_row(y_test, probs, real_probs=None, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """One row of the main table from test predictions.
+def utility_row(y_test, probs, real_probs=None, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                groups=None) -> dict:
+    """One row of the main table from test predictions of one or several classifier seeds.
 
-    y_test: (N, 8) real test labels. probs: (N, 8) predictions of the classifier trained on this
-    row's training set; real_probs: the real-data classifier's predictions on the same images
-    (None for the real row itself). The bootstrap resamples the test images with ``seed``; the
-    difference uses the same resamples for both classifiers (paired).
+    y_test: (N, 8) real test labels. probs: (S, N, 8) predictions of the S classifiers (seeds)
+    trained on this row's training set, or (N, 8) for one; real_probs: the real-data classifiers'
+    predictions with the same seeds on the same images (None for the real row itself).
+    groups: (N,) patient ids of the test images (the bootstrap then resamples patients).
+    Intervals combine the test bootstrap and the seed spread (``evaluation.seeded``); the
+    difference is paired over resamples and seeds.
 
-    Returns ``{"auroc": {class: value}, "lo": {...}, "hi": {...}`` (per class and "mean", in
-    [0, 1]), ``"diff_points", "diff_lo", "diff_hi"`` (100 × (mean − mean_real), 0 for the real
-    row) and ``"n_boot_valid"``.
+    Returns ``{"auroc": {class: value}, "lo": {...}, "hi": {...}, "seed_sd": {...}}`` (per class
+    and "mean", in [0, 1]), ``"diff_points", "diff_lo", "diff_hi"`` (100 × (mean − mean_real),
+    0 for the real row), ``"per_seed"`` (mean AUROC of each seed), ``"n_seeds"``,
+    ``"n_boot_valid"`` and ``"note"`` (the classes that are not estimable on this test set).
     """
     y_test, probs = np.asarray(y_test), np.asarray(probs)
-    if probs.shape != y_test.shape or y_test.ndim != 2 or y_test.shape[1] != N_LABELS:
-        raise ValueError(f"utility_row: y_test and probs must both be (N, {N_LABELS}), got {y_test.shape}, {probs.shape}")
-    table = auroc_table(y_test, probs, list(LABELS), n_boot=n_boot, seed=seed, level=level)
-    row = {col: {k: float(v) for k, v in table[col].items()} for col in ("auroc", "lo", "hi")}
-    row["n_boot_valid"] = int(table.loc["mean", "n_boot_valid"])
+    if probs.ndim == 2:
+        probs = probs[None]
+    if real_probs is not None:
+        real_probs = np.asarray(real_probs)
+        real_probs = real_probs[None] if real_probs.ndim == 2 else real_probs
+    if y_test.ndim != 2 or y_test.shape[1] != N_LABELS or probs.ndim != 3 or probs.shape[1:] != y_test.shape:
+        raise ValueError(f"utility_row: y_test must be (N, {N_LABELS}) and probs (seeds, N, {N_LABELS}) on the same "
+                         f"images, got {y_test.shape}, {probs.shape}")
+    if real_probs is not None and real_probs.shape != probs.shape:
+        raise ValueError(f"utility_row: real_probs must be {probs.shape} (same seeds, same images), got {real_probs.shape}")
+    r = seeded_auroc(y_test, probs, real_probs, list(LABELS), groups=groups, n_boot=max(n_boot, 1), seed=seed,
+                     level=level)
+    row = {key: r[key] for key in ("auroc", "lo", "hi", "seed_sd", "per_seed", "n_seeds", "n_boot_valid", "note")}
     if real_probs is None:
         row.update(diff_points=0.0, diff_lo=0.0, diff_hi=0.0)
     else:
-        real_probs = np.asarray(real_probs)
-        if real_probs.shape != y_test.shape:
-            raise ValueError(f"utility_row: real_probs must be {y_test.shape}, got {real_probs.shape}")
-        d = auroc_difference_ci(y_test, probs, real_probs, n_boot=n_boot, seed=seed, level=level)
-        row.update(diff_points=100 * d["diff"], diff_lo=100 * d["lo"], diff_hi=100 * d["hi"])
+        row.update(diff_points=100 * r["diff"], diff_lo=100 * r["diff_lo"], diff_hi=100 * r["diff_hi"],
+                   diff_per_seed=[100 * d for d in r["diff_per_seed"]])
     return row
 
 
@@ -129,10 +142,20 @@ def _ci_text(value: float, lo: float, hi: float, digits: int = 1, signed: bool =
     return f"{fmt.format(value)} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
+def not_estimable(label_counts) -> list[str]:
+    """The findings a training set has no image of: a classifier trained on it cannot have
+    learned them, so its row's mean AUROC is not comparable with the others."""
+    counts = np.asarray(label_counts)
+    return [name for name, k in zip(LABELS, counts) if k == 0]
+
+
 def utility_table(rows: dict[str, dict], labels: dict[str, str] | None = None, n_train: dict | None = None) -> pd.DataFrame:
     """The paper's main table: one row per training set (``rows``: name → ``utility_row``),
-    per-class AUROC in points (×100), the mean with its 95 % CI, and Δ to real in points with
-    its paired CI. ``labels`` maps row names to display names; ``n_train`` adds a column."""
+    per-class AUROC in points (×100, mean over seeds), the mean with its 95 % interval (test
+    patients × seeds), the seed spread, and Δ to real in points with its paired interval.
+    ``labels`` maps row names to display names; ``n_train`` adds a column. A row whose
+    ``note`` starts with "not estimable" (a training set without some finding) shows that
+    instead of its mean and Δ; other notes (test classes left out of the mean) are a column."""
     out = {}
     for name, r in rows.items():
         line = {}
@@ -141,11 +164,20 @@ def utility_table(rows: dict[str, dict], labels: dict[str, str] | None = None, n
         for c in LABELS:
             v = r["auroc"].get(c, np.nan)
             line[c] = "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
-        line["mean AUROC [95% CI]"] = _ci_text(100 * r["auroc"]["mean"], 100 * r["lo"]["mean"], 100 * r["hi"]["mean"])
-        line["Δ to real (points)"] = "0 (reference)" if r["diff_points"] == 0 and r["diff_lo"] == 0 and r["diff_hi"] == 0 \
-            else _ci_text(r["diff_points"], r["diff_lo"], r["diff_hi"], signed=True)
+        line["seeds"] = int(r.get("n_seeds", 1))
+        if r.get("note", "").startswith("not estimable:"):
+            line["mean AUROC [95% CI]"] = line["Δ to real (points)"] = "not estimable"
+        else:
+            line["mean AUROC [95% CI]"] = _ci_text(100 * r["auroc"]["mean"], 100 * r["lo"]["mean"], 100 * r["hi"]["mean"])
+            line["Δ to real (points)"] = "0 (reference)" if r["diff_points"] == 0 and r["diff_lo"] == 0 \
+                and r["diff_hi"] == 0 else _ci_text(r["diff_points"], r["diff_lo"], r["diff_hi"], signed=True)
+        sd = r.get("seed_sd", {}).get("mean", np.nan)
+        line["seed sd (points)"] = "–" if sd is None or not np.isfinite(sd) else f"{100 * sd:.1f}"
+        line["note"] = r.get("note", "")
         out[(labels or {}).get(name, name)] = line
     df = pd.DataFrame.from_dict(out, orient="index")
+    if not df["note"].astype(bool).any():
+        df = df.drop(columns="note")
     df.index.name = "training set"
     return df
 

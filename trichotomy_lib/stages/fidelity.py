@@ -5,7 +5,7 @@
   encoder nor the filter's consistency classifier) and its features of the real train and
   test splits.
 * ``fidelity_<release>`` — Fréchet distance and Image Retrieval Score of each release in that
-  feature space (``evaluation.fidelity.fidelity_row``).
+  feature space, against a real reference of the same size (``evaluation.fidelity.fidelity_row``).
 """
 
 from __future__ import annotations
@@ -55,12 +55,14 @@ def _fidelity_stage(name: str):
         clf, train_f, test_f = load_feature_net(ctx.pipeline)
         feats = penultimate_features(clf, release)
         save_npy(ctx.out / "features.npy", feats)
-        atomic_write_json(ctx.out / "fidelity.json", fidelity_row(feats, train_f, test_f, ctx.config["utility.alpha_e"]))
+        atomic_write_json(ctx.out / "fidelity.json", fidelity_row(
+            feats, train_f, test_f, ctx.config["utility.alpha_e"],
+            seed=seeds.derive(int(ctx.config["seed"]), "fidelity", "equal_n")))
 
     fidelity_release_stage.__doc__ = f"Fréchet distance and IRS of release {name!r} in the fidelity feature space."
     fidelity_release_stage.__qualname__ = f"fidelity_release_stage[{name}]"
-    return stage(f"fidelity_{name}", keys=("utility.alpha_e",), deps=("fidelity_features", RELEASES[name].stage),
-                 version=2)(fidelity_release_stage)
+    return stage(f"fidelity_{name}", keys=("seed", "utility.alpha_e"), deps=("fidelity_features", RELEASES[name].stage),
+                 version=3)(fidelity_release_stage)
 
 
 for _name in RELEASES:

@@ -55,7 +55,7 @@ def sweep_stage(ctx: StageContext) -> None:
     feat_clf, train_f, test_f = load_feature_net(pipe)
     auditor = load_verifier(pipe, "auditor")
     embed = EmbeddingCache(auditor)
-    real_probs = np.load(ctx.inputs["utility_real"] / "test_probs.npy")
+    real_probs = np.load(ctx.inputs["utility_real"] / "test_probs.npy")[0]  # seed 0: the sweep trains one seed per w
     bseed = seeds.derive(seed, "utility", "bootstrap")
     for w in tqdm(s["guidances"], desc="guidance sweep", leave=False):
         point = ctx.out / f"w_{w:g}"

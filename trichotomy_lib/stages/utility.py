@@ -1,16 +1,21 @@
 """Stages of the downstream-utility evaluation (DESIGN step 8): train on a set, test on real.
 
-* ``utility_real`` — the real row: predictions of the real-data classifier on the real test
-  split (copied from stage ``classifier`` when ``utility.classifier`` is {}, else retrained with
-  those overrides so every row has the same budget).
-* ``utility_<release>`` — one per generated release (``releases.RELEASES``): the classifier
+* ``utility_real`` — the real row: predictions of the real-data classifiers on the real test
+  split (seed 0 copied from stage ``classifier`` when ``utility.classifier`` is {}, else
+  retrained with those overrides so every row has the same budget).
+* ``utility_<release>`` — one per generated release (``releases.RELEASES``): the classifiers
   trained on that release (source labels), epoch chosen on the real val split, predictions on
   the real test split. Changing one release recomputes only its row.
+
+Every row trains ``utility.seeds`` classifiers: seed 0 is the profile's seed, seed ``s > 0``
+is ``seeds.derive(seed, "utility", "classifier", s)`` — the same seeds in every row, so the
+difference to real is paired over seeds too. Each finished seed is kept in the stage's
+partial directory, so an interrupted row resumes at the next seed.
 * ``utility_cross_site`` — one real-data classifier per dataset of ``utility.cross_site``, each
   tested on every dataset's test split.
 
-Each stage writes ``test_probs.npy`` and ``info.json``; the tables are built from them by
-``analysis.utility``.
+Each stage writes ``test_probs.npy`` ((seeds, N_test, 8)), the seed-0 classifier and
+``info.json``; the tables are built from them by ``analysis.utility``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .generate import load_release
 register_section("utility")(utility_config)
 
 CLASSIFIER_KEYS = ("seed", "classifier", "utility.classifier")
+ROW_KEYS = (*CLASSIFIER_KEYS, "utility.seeds")
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -50,34 +56,59 @@ def classifier_recipe(cfg) -> dict:
     return training_config(cfg["classifier"], cfg["utility"]["classifier"])
 
 
-def _train_into(ctx: StageContext, train_set: ImageSet, desc: str) -> None:
-    """Fit on ``train_set``, select on real val, save classifier + test predictions + info."""
+def row_seed(seed: int, index: int) -> int:
+    """Classifier seed ``index`` of every utility row (0: the profile's seed)."""
+    return int(seed) if index == 0 else seeds.derive(int(seed), "utility", "classifier", index)
+
+
+def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: dict | None = None) -> None:
+    """Fit ``utility.seeds`` classifiers on ``train_set`` (each selected on real val); save the
+    seed-0 classifier, the (S, N, 8) test predictions and ``info.json``.
+
+    first: seed 0 already trained elsewhere (``{"dir": path with classifier + test_probs.npy}``).
+    """
     splits = load_splits(ctx.pipeline, mmap=True)
     seed = int(ctx.config["seed"])
-    start = time.perf_counter()
-    clf, probs = train_and_predict(train_set, splits["val"], splits["test"], classifier_recipe(ctx.config), seed,
-                                   checkpoint_dir=ctx.out / "checkpoint")
-    clf.save(ctx.out)
-    save_npy(ctx.out / "test_probs.npy", probs)
-    atomic_write_json(ctx.out / "info.json", {"training_set": desc, "n_train": len(train_set), "seed": seed,
-                                              "best_epoch": clf.best_epoch, "epochs_run": len(clf.history),
-                                              "train_seconds": round(time.perf_counter() - start, 2)})
-    shutil.rmtree(ctx.out / "checkpoint", ignore_errors=True)
+    probs, runs = [], []
+    for index in tqdm(range(int(ctx.config["utility.seeds"])), desc=f"{desc}: classifier seeds", leave=False):
+        done = ctx.out / "seeds" / str(index)
+        if not (done / "info.json").exists():  # else finished before an interruption
+            if index == 0 and first is not None:
+                done.mkdir(parents=True, exist_ok=True)
+                for name in ("classifier.safetensors", "classifier.json", "test_probs.npy"):
+                    shutil.copyfile(first["dir"] / name, done / name)
+                clf, seconds = Classifier.load(done, device="cpu"), None
+            else:
+                start = time.perf_counter()
+                clf, p = train_and_predict(train_set, splits["val"], splits["test"], classifier_recipe(ctx.config),
+                                           row_seed(seed, index), checkpoint_dir=ctx.out / "checkpoint")
+                seconds = round(time.perf_counter() - start, 2)
+                clf.save(done)
+                save_npy(done / "test_probs.npy", p)
+                shutil.rmtree(ctx.out / "checkpoint", ignore_errors=True)
+            atomic_write_json(done / "info.json", {"seed": row_seed(seed, index), "best_epoch": clf.best_epoch,
+                                                   "epochs_run": len(clf.history), "train_seconds": seconds})
+        probs.append(np.load(done / "test_probs.npy", allow_pickle=False))
+        runs.append(json.loads((done / "info.json").read_text()))
+    for name in ("classifier.safetensors", "classifier.json"):
+        shutil.copyfile(ctx.out / "seeds" / "0" / name, ctx.out / name)
+    save_npy(ctx.out / "test_probs.npy", np.stack(probs))
+    atomic_write_json(ctx.out / "info.json", {
+        "training_set": desc, "n_train": len(train_set), "seed": seed,
+        "label_counts": np.asarray(train_set.labels).sum(0).astype(int).tolist(),
+        "seeds": [r["seed"] for r in runs], "best_epoch": [r["best_epoch"] for r in runs],
+        "epochs_run": [r["epochs_run"] for r in runs], "train_seconds": [r["train_seconds"] for r in runs]})
+    shutil.rmtree(ctx.out / "seeds", ignore_errors=True)
 
 
-@stage("utility_real", keys=CLASSIFIER_KEYS, deps=("data", "classifier"), version=2)
+@stage("utility_real", keys=ROW_KEYS, deps=("data", "classifier"), version=3)
 def utility_real_stage(ctx: StageContext) -> None:
-    """The real row: the reference classifier (or a retrained one at this step's budget)."""
+    """The real row: the reference classifier as seed 0 (or retrained at this step's budget), more seeds."""
+    train = load_splits(ctx.pipeline, mmap=True)["train"]
     if not ctx.config["utility.classifier"]:
-        src = ctx.inputs["classifier"]
-        for name in ("classifier.safetensors", "classifier.json", "test_probs.npy"):
-            shutil.copyfile(src / name, ctx.out / name)
-        clf = Classifier.load(ctx.out, device="cpu")
-        atomic_write_json(ctx.out / "info.json", {"training_set": "real (stage classifier)", "n_train": clf.info["n_train"],
-                                                  "seed": clf.info["seed"], "best_epoch": clf.best_epoch,
-                                                  "epochs_run": len(clf.history), "train_seconds": None})
-        return
-    _train_into(ctx, load_splits(ctx.pipeline, mmap=True)["train"], "real (retrained)")
+        _train_into(ctx, train, "real", first={"dir": ctx.inputs["classifier"]})
+    else:
+        _train_into(ctx, train, "real (retrained)")
 
 
 def _release_stage(name: str):
@@ -87,8 +118,8 @@ def _release_stage(name: str):
 
     utility_release_stage.__doc__ = f"Train the classifier on release {name!r} (source labels), test on real."
     utility_release_stage.__qualname__ = f"utility_release_stage[{name}]"
-    return stage(f"utility_{name}", keys=CLASSIFIER_KEYS, deps=("data", RELEASES[name].stage),
-                 version=2)(utility_release_stage)
+    return stage(f"utility_{name}", keys=ROW_KEYS, deps=("data", RELEASES[name].stage),
+                 version=3)(utility_release_stage)
 
 
 for _name in RELEASES:
@@ -101,12 +132,12 @@ def utility_stage_name(row: str) -> str:
 
 
 def load_test_probs(pipe: Pipeline, row: str) -> np.ndarray:
-    """(N_test, 8) predictions on the real test split of the classifier trained on ``row``."""
+    """(seeds, N_test, 8) predictions on the real test split of the classifiers trained on ``row``."""
     return np.load(pipe.get(utility_stage_name(row)) / "test_probs.npy", allow_pickle=False)
 
 
 def load_training_info(pipe: Pipeline, row: str) -> dict:
-    """``info.json`` of a row: training set, size, seed, best epoch, seconds."""
+    """``info.json`` of a row: training set, size, label counts, seeds, best epochs, seconds per seed."""
     return json.loads((pipe.get(utility_stage_name(row)) / "info.json").read_text())
 
 

@@ -76,8 +76,8 @@ def draw_atelectasis(patient: dict, chest: ChestAnatomy, severity, jitter, layer
     cos, sin = np.cos(geometry["tilt"]), np.sin(geometry["tilt"])
     along = cos * (u - centre_u) + sin * (v - centre_v)
     across = -sin * (u - centre_u) + cos * (v - centre_v)
-    band = soft_step(0.045 - np.abs(across), 0.03) * soft_step(geometry["length"] / 2 - np.abs(along), 0.06)
-    layers.opacity = np.maximum(layers.opacity, 0.7 * severity * band)
+    band = soft_step(0.075 - np.abs(across), 0.03) * soft_step(geometry["length"] / 2 - np.abs(along), 0.06)
+    layers.opacity = np.maximum(layers.opacity, 0.9 * severity * band)
 
 
 def draw_consolidation(patient: dict, chest: ChestAnatomy, severity, jitter, layers: FindingLayers) -> None:
@@ -163,10 +163,10 @@ def draw_pneumonia(patient: dict, chest: ChestAnatomy, severity, jitter, layers:
     patch = np.zeros(u.shape)
     for offset_u, offset_v in offsets:
         blotch = np.exp(-((u - centre_u - offset_u) ** 2 + (v - centre_v - offset_v) ** 2)
-                        / (2 * (geometry["size"] * 0.45) ** 2))
+                        / (2 * (geometry["size"] * 0.6) ** 2))
         patch = np.maximum(patch, blotch)
     patch *= 0.75 + 0.25 * np.sin(23 * u + 2) * np.sin(19 * v + 1)  # mottling
-    layers.opacity = np.maximum(layers.opacity, 0.6 * severity * patch)
+    layers.opacity = np.maximum(layers.opacity, 0.95 * severity * patch)
 
 
 def draw_pneumothorax(patient: dict, chest: ChestAnatomy, severity, jitter, layers: FindingLayers) -> None:
@@ -191,7 +191,7 @@ def draw_pneumothorax(patient: dict, chest: ChestAnatomy, severity, jitter, laye
     pleural_air = lung.mask * (1.0 - collapsed_lung) * present
     pleural_line = soft_step(0.012 - np.abs(rim - (1.0 - depth)), 0.01) * lung.mask * present
     layers.marking_keep *= 1.0 - pleural_air
-    layers.air += 0.18 * pleural_air
+    layers.air += 0.3 * pleural_air
     layers.added_density += 0.25 * pleural_line
 
 

@@ -169,16 +169,16 @@ def sample_patient(rng: np.random.Generator, cfg: dict) -> dict:
         # side 2 = bilateral; height = fluid level above the dome at full severity
         "Pleural Effusion": dict(side=int(rng.integers(3)), height=_uniform(rng, (0.20, 0.45))),
         # depth = width of the air rim, as a fraction of the lung's radius
-        "Pneumothorax": dict(side=int(rng.integers(2)), depth=_uniform(rng, (0.15, 0.35))),
+        "Pneumothorax": dict(side=int(rng.integers(2)), depth=_uniform(rng, (0.25, 0.45))),
         # y = band centre in lung half-heights below the lung centre; tilt in radians
         "Atelectasis": dict(side=int(rng.integers(2)), y=_uniform(rng, (0.05, 0.30)),
-                            tilt=_uniform(rng, (-0.3, 0.3)), length=_uniform(rng, (0.18, 0.32))),
+                            tilt=_uniform(rng, (-0.3, 0.3)), length=_uniform(rng, (0.30, 0.45))),
         # lobe 0 = upper, 1 = lower; size = radius
         "Consolidation": dict(side=int(rng.integers(2)), lobe=int(rng.integers(2)),
                               size=_uniform(rng, (0.16, 0.30))),
         # x, y = centre in lung half-widths / half-heights; size = blotch spread
         "Pneumonia": dict(side=int(rng.integers(2)), x=_uniform(rng, (-0.45, 0.45)), y=_uniform(rng, (-0.45, 0.35)),
-                          size=_uniform(rng, (0.08, 0.16))),
+                          size=_uniform(rng, (0.16, 0.26))),
         # spread = vertical extent of the perihilar haze
         "Edema": dict(spread=_uniform(rng, (0.18, 0.30))),
     }

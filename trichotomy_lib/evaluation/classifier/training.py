@@ -60,6 +60,9 @@ def _check_training_set(imageset, name: str) -> None:
         raise ValueError(f"fit_classifier: {name}.labels must be ({len(imageset)}, {N_LABELS}), got {labels.shape}")
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(f"fit_classifier: {name}.labels must be 0/1, got values {np.unique(labels)[:10]}")
+    if not labels.any():
+        raise ValueError(f"fit_classifier: every label of {name} is 0 ({len(imageset)} images, none with a finding "
+                         "or 'No Finding'); a release must carry its sources' labels")
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, aug: dict) -> torch.Tensor:
