@@ -74,3 +74,22 @@ def test_artifact_index_and_target(tmp_path):
     assert summary.readme_target(cfg) == tmp_path / "runs" / "t" / "README.md"
     assert summary.readme_target(make_cfg(tmp_path, readme=True)).name == "README.md"
     assert summary.readme_target(make_cfg(tmp_path, readme=True)).parent != tmp_path / "runs" / "t"
+
+
+def test_compare_headline_flags_numbers_outside_the_committed_interval(tmp_path):
+    from trichotomy_lib.summary import compare_headline, read_headline
+
+    committed = {"profile": "default", "numbers": {"a": {"value": 70.0, "lo": 69.0, "hi": 71.0},
+                                                   "b": {"value": 0.02, "lo": 0.0, "hi": 0.05},
+                                                   "c": {"value": 1.0, "lo": 0.5, "hi": 1.5}}}
+    now = {"profile": "default", "numbers": {"a": {"value": 70.6, "lo": 69.5, "hi": 71.6},
+                                             "b": {"value": 0.07, "lo": 0.03, "hi": 0.1}}}
+    table = compare_headline(now, committed)
+    assert table["inside"].to_dict() == {"a": True, "b": False, "c": False}   # c missing from this run
+    assert compare_headline({**now, "profile": "smoke"}, committed).empty     # other profile: no reference
+    assert compare_headline(now, None).empty
+    path = tmp_path / "headline.json"
+    assert read_headline(path) is None
+    path.write_text('{"profile": "default", "numbers": {"a": {"value": 1}}}')
+    with pytest.raises(ValueError, match="headline.json"):
+        read_headline(path)

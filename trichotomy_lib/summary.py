@@ -22,6 +22,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import config as config_mod
@@ -155,6 +156,67 @@ def load_all_results(cfg: dict) -> dict[str, dict]:
     return out
 
 
+# ------------------------------------------------------------------------------ against the committed run
+HEADLINE_FILE = "headline.json"
+
+
+def headline_numbers(cfg: dict) -> dict:
+    """This run's headline numbers with their intervals: per utility row the mean AUROC and Δ to
+    real (points; intervals over test patients × seeds), per release the strongest attacker's
+    risk. ``{"profile", "numbers": {name: {"value", "lo", "hi"}}}``."""
+    res = load_all_results(cfg)
+    numbers = {}
+    for name, r in (res.get("07_utility") or {}).get("rows", {}).items():
+        numbers[f"utility: {label(name)}: mean AUROC"] = {
+            "value": 100 * r["auroc"]["mean"], "lo": 100 * r["lo"]["mean"], "hi": 100 * r["hi"]["mean"]}
+        if name != "real":
+            numbers[f"utility: {label(name)}: Δ to real"] = {"value": r["diff_points"], "lo": r["diff_lo"],
+                                                              "hi": r["diff_hi"]}
+    for name, r in (res.get("06_privacy") or {}).get("releases", {}).items():
+        if "strongest_risk" in r:
+            numbers[f"privacy: {name}: strongest attacker's risk"] = {
+                "value": r["strongest_risk"], "lo": r["strongest_risk_lo"], "hi": r["strongest_risk_hi"]}
+    return {"profile": cfg["profile"], "numbers": numbers}
+
+
+def compare_headline(current: dict, committed: dict | None) -> pd.DataFrame:
+    """This run's headline numbers beside the committed run's, and whether each falls inside the
+    committed interval (a run on another machine should: the intervals hold the training
+    spread). Empty when there is no committed file for the same profile."""
+    cols = ["this run", "committed", "committed lo", "committed hi", "inside"]
+    if not committed or committed.get("profile") != current["profile"]:
+        return pd.DataFrame(columns=cols).rename_axis("number")
+    rows = {}
+    for name, ref in committed["numbers"].items():
+        now = current["numbers"].get(name)
+        value = np.nan if now is None else now["value"]
+        rows[name] = {"this run": value, "committed": ref["value"], "committed lo": ref["lo"],
+                      "committed hi": ref["hi"], "inside": bool(now is not None and ref["lo"] <= value <= ref["hi"])}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=cols).rename_axis("number")
+
+
+def read_headline(path: str | os.PathLike) -> dict | None:
+    """A ``headline.json`` written by ``write_headline``; None when absent. Bad content names the file."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        assert isinstance(data["profile"], str) and all({"value", "lo", "hi"} <= set(v) for v in data["numbers"].values())
+    except (ValueError, KeyError, TypeError, AssertionError) as err:
+        raise ValueError(f"{path}: not a headline file (profile + numbers with value/lo/hi): {err!r}") from None
+    return data
+
+
+def write_headline(cfg: dict, headline: dict) -> Path:
+    """Write ``headline`` to ``<figures_dir>/headline.json`` (atomic)."""
+    from .io import atomic_write_json
+
+    path = config_mod.figures_dir(cfg) / HEADLINE_FILE
+    atomic_write_json(path, headline)
+    return path
+
+
 # ------------------------------------------------------------------------------ README text
 def _headline(res: dict) -> list[str]:
     """Sentences built from 07_utility's numbers (nothing typed)."""
@@ -162,6 +224,8 @@ def _headline(res: dict) -> list[str]:
     if not u:
         return ["_Notebook 07 has not run for this profile yet: no utility numbers._"]
     rows, lines = u["rows"], []
+    if u.get("headline"):
+        lines += [f"**{u['headline']}**", ""]
     real = rows["real"]["auroc"]["mean"]
     lines.append(f"- Real-data classifier: mean AUROC **{100 * real:.1f}** on the real test split.")
     for name in RELEASES:  # the main table's order

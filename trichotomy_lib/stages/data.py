@@ -12,7 +12,7 @@ SPLITS = ("train", "val", "test")
 register_section("data")(lambda cfg: validate_data_cfg(cfg.get("data")))
 
 
-@stage("data", keys=("seed", "data", "data_root"), version=3)
+@stage("data", keys=("seed", "data", "data_root"), version=4)
 def data_stage(ctx: StageContext) -> None:
     """Build PhantomCXR (or read a file list) and write each split as an ImageSet."""
     # decoded images of a file list are cached once per run directory (keyed by the list's content)
