@@ -35,6 +35,7 @@ def test_identical_seeds_give_the_bootstrap_interval_and_spread_widens_it():
     assert spread["auroc"]["mean"] == pytest.approx(per.mean())
     assert spread["seed_sd"]["mean"] == pytest.approx(per.std(ddof=1))
     width = spread["hi"]["mean"] - spread["lo"]["mean"]
+    assert spread["lo"]["mean"] < spread["boot_lo"]["mean"] < spread["boot_hi"]["mean"] < spread["hi"]["mean"]
     boot_only = [seeded_auroc(y, scores(y, s, 1)[None], n_boot=300, seed=2) for s in (0.9, 1.0, 1.15)]
     assert width > max(b["hi"]["mean"] - b["lo"]["mean"] for b in boot_only)
     assert width > 2 * 4.30 * per.std(ddof=1) / np.sqrt(3) * 0.99       # at least the t(2) seed term

@@ -65,7 +65,8 @@ def seeded_auroc(y_true, probs, reference=None, class_names=None, groups=None, n
         level: two-sided level of every interval, in (0, 1) (default 0.95).
 
     Returns a dict: ``auroc`` / ``lo`` / ``hi`` / ``seed_sd`` ({class or "mean": value}, AUROC
-    units), ``per_seed`` (the S per-seed mean AUROCs), ``n_seeds``, ``n_boot_valid``, ``note``
+    units), ``boot_lo`` / ``boot_hi`` (the test-sampling part of the interval alone: the power
+    of the test population), ``per_seed`` (the S per-seed mean AUROCs), ``n_seeds``, ``n_boot_valid``, ``note``
     ("" or which classes are not estimable — no positives or no negatives in the test set —
     and left out of the mean), and with a reference ``diff`` / ``diff_lo`` / ``diff_hi`` /
     ``diff_per_seed`` (mean AUROC of this row minus the reference's).
@@ -102,16 +103,19 @@ def seeded_auroc(y_true, probs, reference=None, class_names=None, groups=None, n
     per_seed_mean = point[:, ok].mean(1)
     estimate = {names[j]: float(point[:, j].mean()) if ok[j] else np.nan for j in range(c)}
     estimate["mean"] = float(per_seed_mean.mean())
-    out = {"auroc": estimate, "lo": {}, "hi": {}, "seed_sd": {}, "per_seed": per_seed_mean.tolist(),
+    out = {"auroc": estimate, "lo": {}, "hi": {}, "boot_lo": {}, "boot_hi": {}, "seed_sd": {},
+           "per_seed": per_seed_mean.tolist(),
            "n_seeds": len(probs), "note": note}
     columns = {names[j]: (boot[:, :, k].mean(0), point[:, j]) for k, j in enumerate(np.flatnonzero(ok))}
     columns["mean"] = (boot.mean(2).mean(0), per_seed_mean)
     for name in names + ["mean"]:
         if name not in columns:
             out["lo"][name] = out["hi"][name] = out["seed_sd"][name] = np.nan
+            out["boot_lo"][name] = out["boot_hi"][name] = np.nan
             continue
         dist, values = columns[name]
         q_lo, q_hi = _percentile_ci(dist, level)
+        out["boot_lo"][name], out["boot_hi"][name] = q_lo, q_hi
         lo, hi = combine_intervals(estimate[name], q_lo, q_hi, values, level)
         out["lo"][name], out["hi"][name] = max(lo, 0.0), min(hi, 1.0)       # AUROC lives in [0, 1]
         out["seed_sd"][name] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan

@@ -107,7 +107,8 @@ def utility_row(y_test, probs, real_probs=None, n_boot: int = 1000, seed: int = 
     difference is paired over resamples and seeds.
 
     Returns ``{"auroc": {class: value}, "lo": {...}, "hi": {...}, "seed_sd": {...}}`` (per class
-    and "mean", in [0, 1]), ``"diff_points", "diff_lo", "diff_hi"`` (100 × (mean − mean_real),
+    and "mean", in [0, 1]; ``boot_lo`` / ``boot_hi``: the test-sampling part alone),
+    ``"diff_points", "diff_lo", "diff_hi"`` (100 × (mean − mean_real),
     0 for the real row), ``"per_seed"`` (mean AUROC of each seed), ``"n_seeds"``,
     ``"n_boot_valid"`` and ``"note"`` (the classes that are not estimable on this test set).
     """
@@ -124,7 +125,8 @@ def utility_row(y_test, probs, real_probs=None, n_boot: int = 1000, seed: int = 
         raise ValueError(f"utility_row: real_probs must be {probs.shape} (same seeds, same images), got {real_probs.shape}")
     r = seeded_auroc(y_test, probs, real_probs, list(LABELS), groups=groups, n_boot=max(n_boot, 1), seed=seed,
                      level=level)
-    row = {key: r[key] for key in ("auroc", "lo", "hi", "seed_sd", "per_seed", "n_seeds", "n_boot_valid", "note")}
+    row = {key: r[key] for key in ("auroc", "lo", "hi", "boot_lo", "boot_hi", "seed_sd", "per_seed", "n_seeds",
+                                   "n_boot_valid", "note")}
     if real_probs is None:
         row.update(diff_points=0.0, diff_lo=0.0, diff_hi=0.0)
     else:
