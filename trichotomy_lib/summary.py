@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import config as config_mod
-from .io import atomic_write_text
+from .io import atomic_write_json, atomic_write_text
 from .releases import RELEASES, label
 
 __all__ = ["START", "END", "replace_between_markers", "notebook_outputs", "stage_index", "artifact_index",
@@ -210,8 +210,6 @@ def read_headline(path: str | os.PathLike) -> dict | None:
 
 def write_headline(cfg: dict, headline: dict) -> Path:
     """Write ``headline`` to ``<figures_dir>/headline.json`` (atomic)."""
-    from .io import atomic_write_json
-
     path = config_mod.figures_dir(cfg) / HEADLINE_FILE
     atomic_write_json(path, headline)
     return path

@@ -7,10 +7,11 @@ import pandas as pd
 
 from .. import seeds
 from ..data.imageset import LABELS, ImageSet, images_to_uint8
-from ..evaluation.fidelity import FEATURE_SPACE_NOTE, fidelity_row, penultimate_features
+from ..evaluation.fidelity import FEATURE_SPACE_NOTE, equal_size, fidelity_row, penultimate_features
 from ..evaluation.stats import frechet_distance
 from ..evaluation.seeded import seeded_auroc
-from ..evaluation.utility import cross_table, not_estimable, utility_row, utility_table
+from ..evaluation.utility import (cross_table, is_estimable, mark_not_estimable, not_estimable, utility_row,
+                                  utility_table)
 from ..pipeline import Pipeline
 from ..releases import REAL, label
 from ..stages.data import load_splits
@@ -39,7 +40,7 @@ def utility_rows(pipe: Pipeline, releases=None) -> dict:
                         groups=test.patient_ids)
         missing = not_estimable(info[row].get("label_counts", np.ones(len(LABELS))))
         if missing:
-            r["note"] = f"not estimable: the training set has no image of {', '.join(missing)}"
+            mark_not_estimable(r, missing)
         rows[row] = r
     baseline = "edm_class"
     for row in names:  # paired difference to the class-conditional baseline (same patients, same seeds)
@@ -64,7 +65,7 @@ def utility_differences(result: dict) -> pd.DataFrame:
     rows = {label(n): {"Δ (points)": r["diff_points"], "lo": r["diff_lo"], "hi": r["diff_hi"],
                        "Δ per seed": ", ".join(f"{d:+.1f}" for d in r.get("diff_per_seed", [r["diff_points"]])),
                        "CI excludes a loss > 1 point": bool(r["diff_lo"] > -1.0)}
-            for n, r in result["rows"].items() if n != REAL and not r.get("note", "").startswith("not estimable")}
+            for n, r in result["rows"].items() if n != REAL and is_estimable(r)}
     return pd.DataFrame(rows).T
 
 
@@ -73,7 +74,7 @@ def utility_headline(result: dict, release: str = "diadm_filter", baseline: str 
     against ``baseline``, with the paired intervals (test patients × seeds)."""
     rows = result["rows"]
     r = rows[release]
-    if r.get("note", "").startswith("not estimable"):
+    if not is_estimable(r):
         return f"{label(release)}: {r['note']}."
     within = r["diff_lo"] > -1.0
     verdict = ("within 1 AUROC point of real data (the interval excludes a larger loss)" if within else
@@ -84,7 +85,7 @@ def utility_headline(result: dict, release: str = "diadm_filter", baseline: str 
             f"{100 * rows[REAL]['auroc']['mean']:.1f}: Δ {r['diff_points']:+.1f} points "
             f"[{r['diff_lo']:+.1f}, {r['diff_hi']:+.1f}] over {r['n_seeds']} seeds, {verdict}")
     vs = r.get("vs_baseline")
-    if vs and vs["baseline"] == baseline and not rows[baseline].get("note", "").startswith("not estimable"):
+    if vs and vs["baseline"] == baseline and is_estimable(rows[baseline]):
         sign = "above" if vs["diff_lo"] > 0 else "below" if vs["diff_hi"] < 0 else "not separable from"
         text += (f"; {vs['diff_points']:+.1f} points [{vs['diff_lo']:+.1f}, {vs['diff_hi']:+.1f}] against "
                  f"{label(baseline)} ({100 * rows[baseline]['auroc']['mean']:.1f}): {sign} it")
@@ -127,9 +128,7 @@ def sample_fd(pipe: Pipeline, samples) -> dict:
     as_set = ImageSet(images, np.zeros((n, len(LABELS)), np.uint8), np.full(n, "sample"),
                       np.array([f"sample_{i}" for i in range(n)]))
     feat_clf, train_f, test_f = load_feature_net(pipe)
-    synth_f = penultimate_features(feat_clf, as_set)
-    m = min(n, len(test_f))
-    rng = seeds.rng(int(pipe.cfg["seed"]), "fidelity", "sample_fd")
-    synth_f = synth_f[np.sort(rng.choice(n, m, replace=False))] if n > m else synth_f
-    test_f = test_f[np.sort(rng.choice(len(test_f), m, replace=False))] if len(test_f) > m else test_f
-    return {"n": m, "fd": frechet_distance(synth_f, train_f), "fd_test": frechet_distance(test_f, train_f), "n_test": m}
+    synth_f, test_f = equal_size(penultimate_features(feat_clf, as_set), test_f,
+                                 seeds.rng(int(pipe.cfg["seed"]), "fidelity", "sample_fd"))
+    return {"n": len(synth_f), "fd": frechet_distance(synth_f, train_f), "fd_test": frechet_distance(test_f, train_f),
+            "n_test": len(test_f)}

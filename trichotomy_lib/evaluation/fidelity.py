@@ -35,7 +35,7 @@ from .classifier import Classifier
 from .irs import adjusted_irs
 from .stats import frechet_distance
 
-__all__ = ["penultimate_features", "fidelity_row", "FEATURE_SPACE_NOTE"]
+__all__ = ["penultimate_features", "equal_size", "fidelity_row", "FEATURE_SPACE_NOTE"]
 
 FEATURE_SPACE_NOTE = {
     "independent": "penultimate features of a classifier trained on the real train split with its own seed "
@@ -71,6 +71,15 @@ def penultimate_features(clf: Classifier, images: ImageSet, batch_size: int | No
     return torch.cat(captured).numpy().astype(np.float32)
 
 
+def equal_size(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` (rows = samples) with the larger one subsampled, without replacement and in
+    order, to the smaller one's size (``a`` is drawn first): FD and IRS then carry the same size bias."""
+    m = min(len(a), len(b))
+    a = a[np.sort(rng.choice(len(a), m, replace=False))] if len(a) > m else a
+    b = b[np.sort(rng.choice(len(b), m, replace=False))] if len(b) > m else b
+    return a, b
+
+
 def fidelity_row(synth_feats, train_feats, test_feats, alpha_e: float = 0.05, equal_n: bool = True,
                  seed: int = 0) -> dict:
     """FD and IRS of one release in a feature space.
@@ -95,10 +104,7 @@ def fidelity_row(synth_feats, train_feats, test_feats, alpha_e: float = 0.05, eq
         raise ValueError(f"fidelity_row: feature dimensions differ: {synth.shape[1]}, {train.shape[1]}, {test.shape[1]}")
     n_release = len(synth)
     if equal_n:
-        m = min(len(synth), len(test))
-        rng = np.random.default_rng(seed)
-        synth = synth[np.sort(rng.choice(len(synth), m, replace=False))] if len(synth) > m else synth
-        test = test[np.sort(rng.choice(len(test), m, replace=False))] if len(test) > m else test
+        synth, test = equal_size(synth, test, np.random.default_rng(seed))
     irs = adjusted_irs(synth, test, train, alpha_e=alpha_e)
     syn, real = irs["synthetic"], irs["real"]
     return dict(

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
 
-from .stats import _boot_aurocs, _check_auroc_inputs, _check_level, _percentile_ci
+from .stats import _boot_aurocs, _check_auroc_inputs, _check_level, _evaluable_classes, _percentile_ci
 
 __all__ = ["seeded_auroc", "combine_intervals"]
 
@@ -85,16 +85,12 @@ def seeded_auroc(y_true, probs, reference=None, class_names=None, groups=None, n
         if reference.shape != probs.shape:
             raise ValueError(f"seeded_auroc: reference must have the shape of probs {probs.shape} "
                              f"(the same seeds on the same images), got {reference.shape}")
-    n, c = y.shape
-    names = [f"class_{i}" for i in range(c)] if class_names is None else list(class_names)
-    if len(names) != c:
-        raise ValueError(f"seeded_auroc: {len(names)} class names for {c} columns")
-    n_pos = y.sum(0)
-    ok = (n_pos > 0) & (n_pos < n)
+    c = y.shape[1]
+    names, n_pos, ok = _evaluable_classes(y, class_names, "seeded_auroc: ")
     if not ok.any():
         raise ValueError("seeded_auroc: no class has both positives and negatives in the test set")
     missing = [f"{names[j]} ({'no positives' if n_pos[j] == 0 else 'no negatives'})" for j in np.flatnonzero(~ok)]
-    note = f"not estimable, left out of the mean: {', '.join(missing)}" if missing else ""
+    note = f"left out of the mean (not estimable on this test set): {', '.join(missing)}" if missing else ""
 
     point = _per_seed(y, probs, ok)                                   # (S, C)
     rows = [probs] if reference is None else [probs, reference]

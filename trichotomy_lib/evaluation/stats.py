@@ -60,6 +60,16 @@ def _check_auroc_inputs(y_true, y_score):
     return y_true.astype(bool), y_score
 
 
+def _evaluable_classes(y_true: np.ndarray, class_names, who: str = "") -> tuple[list, np.ndarray, np.ndarray]:
+    """(names, positives per class, mask of the classes with both label values) of (N, C) labels."""
+    n, c = y_true.shape
+    names = [f"class_{i}" for i in range(c)] if class_names is None else list(class_names)
+    if len(names) != c:
+        raise ValueError(f"{who}{len(names)} class names for {c} columns")
+    n_pos = y_true.sum(0)
+    return names, n_pos, (n_pos > 0) & (n_pos < n)
+
+
 def _iter_boot_counts(n: int, n_boot: int, seed: int, chunk: int = 250, groups=None):
     """Yield (b, n) float32 multiplicities of each image in successive blocks of resamples
     (exact: counts <= n < 2**24). The caller uses one stream for all classes and all
@@ -164,11 +174,7 @@ def auroc_table(y_true, y_score, class_names=None, n_boot: int = 1000, seed: int
         raise ValueError(f"n_boot={n_boot} must be >= 0")
     y_true, y_score = _check_auroc_inputs(y_true, y_score)
     n, c = y_true.shape
-    names = [f"class_{i}" for i in range(c)] if class_names is None else list(class_names)
-    if len(names) != c:
-        raise ValueError(f"{len(names)} class names for {c} columns")
-    n_pos = y_true.sum(0)
-    ok = (n_pos > 0) & (n_pos < n)
+    names, n_pos, ok = _evaluable_classes(y_true, class_names)
     auroc = np.full(c, np.nan)
     for j in np.nonzero(ok)[0]:
         auroc[j] = roc_auc_score(y_true[:, j], y_score[:, j])

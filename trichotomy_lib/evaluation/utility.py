@@ -144,6 +144,20 @@ def _ci_text(value: float, lo: float, hi: float, digits: int = 1, signed: bool =
     return f"{fmt.format(value)} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
+NOT_ESTIMABLE = "not estimable:"  # a row's ``note`` starts with this when its mean is not comparable
+
+
+def is_estimable(row: dict) -> bool:
+    """False for a row marked by ``mark_not_estimable`` (its mean and Δ are not shown)."""
+    return not row.get("note", "").startswith(NOT_ESTIMABLE)
+
+
+def mark_not_estimable(row: dict, missing: list[str]) -> None:
+    """Mark ``row`` (a ``utility_row``) as trained on a set without the findings ``missing``."""
+    row["note"] = "; ".join(filter(None, [f"{NOT_ESTIMABLE} the training set has no image of {', '.join(missing)}",
+                                          row.get("note", "")]))
+
+
 def not_estimable(label_counts) -> list[str]:
     """The findings a training set has no image of: a classifier trained on it cannot have
     learned them, so its row's mean AUROC is not comparable with the others."""
@@ -167,7 +181,7 @@ def utility_table(rows: dict[str, dict], labels: dict[str, str] | None = None, n
             v = r["auroc"].get(c, np.nan)
             line[c] = "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
         line["seeds"] = int(r.get("n_seeds", 1))
-        if r.get("note", "").startswith("not estimable:"):
+        if not is_estimable(r):
             line["mean AUROC [95% CI]"] = line["Δ to real (points)"] = "not estimable"
         else:
             line["mean AUROC [95% CI]"] = _ci_text(100 * r["auroc"]["mean"], 100 * r["lo"]["mean"], 100 * r["hi"]["mean"])

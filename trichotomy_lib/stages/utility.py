@@ -61,11 +61,11 @@ def row_seed(seed: int, index: int) -> int:
     return int(seed) if index == 0 else seeds.derive(int(seed), "utility", "classifier", index)
 
 
-def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: dict | None = None) -> None:
+def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: Path | None = None) -> None:
     """Fit ``utility.seeds`` classifiers on ``train_set`` (each selected on real val); save the
     seed-0 classifier, the (S, N, 8) test predictions and ``info.json``.
 
-    first: seed 0 already trained elsewhere (``{"dir": path with classifier + test_probs.npy}``).
+    first: seed 0 already trained elsewhere: the folder with its classifier and test_probs.npy.
     """
     splits = load_splits(ctx.pipeline, mmap=True)
     seed = int(ctx.config["seed"])
@@ -76,7 +76,7 @@ def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: dict |
             if index == 0 and first is not None:
                 done.mkdir(parents=True, exist_ok=True)
                 for name in ("classifier.safetensors", "classifier.json", "test_probs.npy"):
-                    shutil.copyfile(first["dir"] / name, done / name)
+                    shutil.copyfile(first / name, done / name)
                 clf, seconds = Classifier.load(done, device="cpu"), None
             else:
                 start = time.perf_counter()
@@ -106,7 +106,7 @@ def utility_real_stage(ctx: StageContext) -> None:
     """The real row: the reference classifier as seed 0 (or retrained at this step's budget), more seeds."""
     train = load_splits(ctx.pipeline, mmap=True)["train"]
     if not ctx.config["utility.classifier"]:
-        _train_into(ctx, train, "real", first={"dir": ctx.inputs["classifier"]})
+        _train_into(ctx, train, "real", first=ctx.inputs["classifier"])
     else:
         _train_into(ctx, train, "real (retrained)")
 
