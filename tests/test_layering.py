@@ -1,7 +1,7 @@
 """The import graph, read from the source (ast): no module imports a layer above its own.
 
 Layers, bottom to top:
-  0  leaf modules: seeds, io, device, releases, config, checks, checkpoint, results, plotting
+  0  leaf modules: seeds, io, device, jobs, releases, config, checks, checkpoint, results, plotting
   1  the library packages: data, encoders, diffusion, privacy, evaluation, export
   2  pipeline (the cache; knows no stage)
   3  stages (stage functions and their loaders)
@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trichotomy_lib"
 
 LAYERS = {
     "seeds": 0, "io": 0, "device": 0, "releases": 0, "config": 0, "checks": 0, "checkpoint": 0, "results": 0,
-    "plotting": 0,
+    "plotting": 0, "jobs": 0,
     "data": 1, "encoders": 1, "diffusion": 1, "privacy": 1, "evaluation": 1, "export": 1,
     "pipeline": 2,
     "stages": 3,

@@ -93,3 +93,29 @@ def test_cross_site_mapping_replaces_default():
     u = utility_config({"utility": {"cross_site": {"x": {"site": "b"}}}})
     assert u["cross_site"] == {"x": {"site": "b"}}
     assert utility_config({"utility": {"cross_site": {}}})["cross_site"] == {}
+
+
+def test_budget_fit_extrapolates_the_measured_line_and_refuses_a_flat_one(tmp_path):
+    import pandas as pd
+
+    from trichotomy_lib.analysis.utility import budget_fit, load_generator_budget
+
+    steps = np.array([1000, 2000, 4000, 8000])
+    rising = pd.DataFrame({"lever": "steps", "value": steps.astype(str), "steps": steps, "release": "A",
+                           "mean_auroc": 70.0, "real_auroc": 80.0, "delta": -10 + 2 * np.log2(steps / 1000),
+                           "delta_lo": -12.0, "delta_hi": 0.0, "diffusion_seconds": steps * 0.5})
+    falling = rising.assign(release="B", delta=-10 - np.log2(steps / 1000))
+    guidance = rising.iloc[:1].assign(lever="guidance", release="A", delta=50.0)  # not a budget point
+    fit = budget_fit(pd.concat([rising, falling, guidance])).set_index("release")
+    assert fit.loc["A", "Δ per doubling of steps (points)"] == pytest.approx(2.0)
+    reach = fit.loc["A", "steps where the line reaches Δ = −1 (extrapolated)"]
+    assert reach == pytest.approx(1000 * 2 ** 4.5, rel=1e-3)
+    assert fit.loc["A", "denoiser hours at the measured s/step"] == pytest.approx(reach * 0.5 / 3600, abs=0.05)
+    assert pd.isna(fit.loc["B", "steps where the line reaches Δ = −1 (extrapolated)"])
+    assert fit.loc["A", "budget points"] == 4
+
+    cfg = {"figures_dir": str(tmp_path), "profile": "x"}
+    assert load_generator_budget(cfg) is None
+    rising.drop(columns="delta").to_csv(tmp_path / "generator_budget.csv", index=False)
+    with pytest.raises(ValueError, match=r"generator_budget.csv: missing column\(s\) \['delta'\]"):
+        load_generator_budget(cfg)

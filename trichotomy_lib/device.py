@@ -31,3 +31,36 @@ def accelerator(mixed_precision: str = "no"):
 
     cpu = default_device().type == "cpu"
     return Accelerator(cpu=cpu, mixed_precision="no" if cpu else mixed_precision)
+
+
+def cpu_cores() -> int:
+    """Cores this process may use (``sched_getaffinity`` where the OS has it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def job_rounds(n_jobs: int) -> list[tuple[int, int]]:
+    """How ``n_jobs`` independent small trainings share the machine: ``[(jobs, threads), ...]``.
+
+    On CPU, small networks use their threads poorly (at 32 px a classifier on 2 threads is 1.4x
+    faster than on 1, ``benchmarks/classifier.py``), so jobs run side by side in rounds of
+    ``cores`` single-threaded processes; a last, smaller round gives each job ``cores // jobs``
+    threads (a single job runs alone on every core). On a GPU, one job at a time (``[(1, 0)]``
+    per job; 0: leave the thread count alone). ``TRICHOTOMY_WORKERS=1`` forces one job at a time.
+    """
+    if n_jobs < 1:
+        return []
+    workers = cpu_cores() if default_device().type == "cpu" else 1
+    forced = os.environ.get("TRICHOTOMY_WORKERS")
+    if forced:
+        if not forced.isdigit() or int(forced) < 1:
+            raise ValueError(f"TRICHOTOMY_WORKERS must be an integer >= 1, got {forced!r}")
+        workers = min(workers, int(forced))
+    rounds = []
+    while n_jobs > 0:
+        size = min(workers, n_jobs)
+        rounds.append((size, 0 if size == 1 else max(1, cpu_cores() // size)))
+        n_jobs -= size
+    return rounds

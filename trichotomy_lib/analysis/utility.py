@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .. import seeds
+from ..config import figures_dir
 from ..data.imageset import LABELS, ImageSet, images_to_uint8
 from ..evaluation.fidelity import FEATURE_SPACE_NOTE, equal_size, fidelity_row, penultimate_features
 from ..evaluation.stats import frechet_distance
@@ -19,7 +20,9 @@ from ..stages.fidelity import load_feature_net, load_fidelity
 from ..stages.utility import load_cross_site, load_test_probs, load_training_info
 
 __all__ = ["utility_rows", "utility_main", "utility_differences", "utility_headline", "utility_fidelity", "utility_cross_site",
-           "feature_space_note", "sample_fd"]
+           "feature_space_note", "sample_fd", "GENERATOR_BUDGET", "budget_fit", "load_generator_budget"]
+
+GENERATOR_BUDGET = "generator_budget"  # <figures_dir>/generator_budget.csv, written by benchmarks/generator_budget.py
 
 
 def utility_rows(pipe: Pipeline, releases=None) -> dict:
@@ -132,3 +135,38 @@ def sample_fd(pipe: Pipeline, samples) -> dict:
                                  seeds.rng(int(pipe.cfg["seed"]), "fidelity", "sample_fd"))
     return {"n": len(synth_f), "fd": frechet_distance(synth_f, train_f), "fd_test": frechet_distance(test_f, train_f),
             "n_test": len(test_f)}
+
+
+def budget_fit(table: pd.DataFrame) -> pd.DataFrame:
+    """Per release of a ``benchmarks/generator_budget.py`` table: the least-squares line
+    Δ ≈ a + b·log2(steps) over its budget points (``lever == "steps"``); b (points per doubling of
+    the denoiser's training steps) and the steps at which the line reaches Δ = −1 — an
+    extrapolation of the measured line, None where the line does not rise — with that many steps
+    at the fastest measured seconds per step (the least-contended training of the table). Releases with fewer than 2 budget points are left out."""
+    fits = []
+    for release, part in table[table["lever"] == "steps"].groupby("release", sort=False):
+        if part["steps"].nunique() < 2:
+            continue
+        x, y = np.log2(part["steps"].to_numpy(float)), part["delta"].to_numpy(float)
+        b, a = np.polyfit(x, y, 1)
+        reach = None if b <= 0 else int(round(2 ** ((-1.0 - a) / b)))
+        rate = (part["diffusion_seconds"] / part["steps"]).dropna()
+        hours = None if reach is None or rate.empty else round(reach * float(rate.min()) / 3600, 1)
+        fits.append({"release": release, "budget points": len(part), "Δ per doubling of steps (points)": round(b, 2),
+                     "steps where the line reaches Δ = −1 (extrapolated)": reach,
+                     "denoiser hours at the measured s/step": hours})
+    return pd.DataFrame(fits)
+
+
+def load_generator_budget(cfg: dict) -> pd.DataFrame | None:
+    """The profile's measured generator-budget table (``<figures_dir>/generator_budget.csv``, from
+    ``benchmarks/generator_budget.py --profile <profile>``), or None when it was not measured."""
+    path = figures_dir(cfg) / f"{GENERATOR_BUDGET}.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    missing = {"lever", "value", "steps", "release", "mean_auroc", "real_auroc", "delta", "delta_lo", "delta_hi",
+               "diffusion_seconds"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; rerun benchmarks/generator_budget.py")
+    return table

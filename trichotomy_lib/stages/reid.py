@@ -14,6 +14,7 @@ import numpy as np
 
 from ..config import register_section, section
 from ..io import atomic_path
+from ..jobs import run_jobs
 from ..pipeline import Pipeline, StageContext, stage
 from ..privacy.reid_model import Verifier
 from ..privacy.reid_train import REID_DEFAULTS, TRAIN_KEYS, sample_pairs, train_verifier
@@ -36,32 +37,40 @@ def _save_npy(path, array) -> None:
         np.save(f, array, allow_pickle=False)
 
 
-def _train_role(ctx: StageContext, role: str, out=None, seed_override: int | None = None) -> None:
-    out = ctx.out if out is None else out
-    params = ctx.config["reid"].to_dict()
+def _role_data(ctx: StageContext, role: str):
+    """(train, val, val_pairs) of a role: who it trains on and the pairs that choose its epoch."""
     seed = int(ctx.config["seed"])
     splits = load_splits(ctx.pipeline)
     for name in ("train", "val"):
         if name not in splits:
             raise ValueError(f"{ctx.inputs['data']}: the data stage wrote no {name!r} split")
     if role == "defender":
-        train = defender_train_set(splits["train"], seed, ctx.config["data"], params["extra_patients"])
+        train = defender_train_set(splits["train"], seed, ctx.config["data"], ctx.config["reid"]["extra_patients"])
         val = splits["val"]
-        val_pairs = sample_pairs(val.patient_ids, val_pairs_seed(seed), split="val")
-    else:  # a third party: its own patients for training and for choosing the epoch
-        train, val = auditor_split(load_populations(ctx.pipeline)["auditor"], seed)
-        val_pairs = sample_pairs(val.patient_ids, seeds.derive(seed, "reid", "auditor", "val_pairs"), split="auditor val")
-    own_seed = role_seed(seed, role) if seed_override is None else seed_override
+        return train, val, sample_pairs(val.patient_ids, val_pairs_seed(seed), split="val")
+    # a third party: its own patients for training and for choosing the epoch
+    train, val = auditor_split(load_populations(ctx.pipeline)["auditor"], seed)
+    return train, val, sample_pairs(val.patient_ids, seeds.derive(seed, "reid", "auditor", "val_pairs"), split="auditor val")
+
+
+def fit_role(train, val, val_pairs, params: dict, role: str, own_seed: int, out, desc: str,
+             progress: bool = True) -> None:
+    """Train one verifier of ``role`` with seed ``own_seed`` into ``out`` (a job of ``jobs.run_jobs``)."""
     pairs = sample_pairs(train.patient_ids, seeds.derive(own_seed, "pairs"), params["max_pos_per_patient"],
                          split=f"train ({role})")
     model, history = train_verifier(train, val, params, own_seed, pairs=pairs, val_pairs=val_pairs,
-                                    checkpoint_dir=out, desc=f"reid_{role}" + ("" if seed_override is None else " replica"))
+                                    checkpoint_dir=out, progress=progress, desc=desc)
     # the exact pairs trained on, by image name (to check defender/auditor independence)
     with atomic_path(out / "train_pairs.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, a=train.names[pairs.a].astype(str), b=train.names[pairs.b].astype(str), label=pairs.label)
     _save_npy(out / "patients.npy", np.unique(train.patient_ids).astype(str))
     model.save(out, extra={"role": role, "seed": own_seed, "n_train_images": len(train),
                            "n_train_patients": int(train.n_patients), "history": history})
+
+
+def _train_role(ctx: StageContext, role: str) -> None:
+    fit_role(*_role_data(ctx, role), ctx.config["reid"].to_dict(), role, role_seed(int(ctx.config["seed"]), role),
+             ctx.out, desc=f"reid_{role}")
 
 
 @stage("reid_defender", keys=_KEYS, deps=("data",), version=4)
@@ -80,11 +89,15 @@ def reid_auditor_stage(ctx: StageContext) -> None:
 def reid_defender_replicas_stage(ctx: StageContext) -> None:
     """The defender's recipe retrained with other seeds (``privacy.reliability_seeds`` − 1 of them),
     for the filter's seed-agreement test; never used by the filter."""
-    for i in range(1, int(ctx.config["privacy.reliability_seeds"])):
-        out = ctx.out / f"replica_{i}"
-        if not (out / "verifier.json").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            _train_role(ctx, "defender", out, seeds.derive(int(ctx.config["seed"]), "reid", "defender", "replica", i))
+    seed = int(ctx.config["seed"])
+    todo = [i for i in range(1, int(ctx.config["privacy.reliability_seeds"]))
+            if not (ctx.out / f"replica_{i}" / "verifier.json").exists()]
+    for i in todo:
+        (ctx.out / f"replica_{i}").mkdir(parents=True, exist_ok=True)
+    data = _role_data(ctx, "defender") if todo else ()
+    run_jobs(fit_role, [(*data, ctx.config["reid"].to_dict(), "defender",
+                         seeds.derive(seed, "reid", "defender", "replica", i), ctx.out / f"replica_{i}",
+                         f"reid_defender replica {i}") for i in todo], desc="defender replicas")
 
 
 def load_defender_replicas(pipe: Pipeline) -> list[Verifier]:

@@ -35,6 +35,7 @@ from ..data.imageset import ImageSet
 from ..evaluation.classifier import Classifier, evaluate_classifier
 from ..evaluation.utility import train_and_predict, training_config, utility_config
 from ..io import atomic_path, atomic_write_json
+from ..jobs import run_jobs
 from ..pipeline import Pipeline, StageContext, stage
 from ..releases import REAL, RELEASES
 from .data import load_splits
@@ -61,37 +62,55 @@ def row_seed(seed: int, index: int) -> int:
     return int(seed) if index == 0 else seeds.derive(int(seed), "utility", "classifier", index)
 
 
+def fit_seed(train_set: ImageSet, val_set: ImageSet, test_set: ImageSet, recipe: dict, seed: int,
+             done: Path, progress: bool = True) -> None:
+    """One classifier seed of a row → ``done/`` (classifier, test_probs.npy, info.json last).
+
+    A job of ``jobs.run_jobs``: its own checkpoint folder beside ``done``."""
+    checkpoint = done.parent / f"checkpoint-{done.name}"
+    start = time.perf_counter()
+    clf, p = train_and_predict(train_set, val_set, test_set, recipe, seed, checkpoint_dir=checkpoint,
+                                progress=progress)
+    seconds = round(time.perf_counter() - start, 2)
+    clf.save(done)
+    save_npy(done / "test_probs.npy", p)
+    atomic_write_json(done / "info.json", {"seed": seed, "best_epoch": clf.best_epoch, "epochs_run": len(clf.history),
+                                           "train_seconds": seconds})
+    shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _in_memory(images: ImageSet) -> ImageSet:
+    """A copy that does not point into a memory-mapped file (what a job's process receives)."""
+    return ImageSet(*(np.array(getattr(images, f)) for f in ("images", "labels", "patient_ids", "names")))
+
+
 def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: Path | None = None) -> None:
     """Fit ``utility.seeds`` classifiers on ``train_set`` (each selected on real val); save the
-    seed-0 classifier, the (S, N, 8) test predictions and ``info.json``.
+    seed-0 classifier, the (S, N, 8) test predictions and ``info.json``. The seeds are
+    independent jobs (``jobs.run_jobs``: side by side on CPU cores); each finished seed is kept,
+    so an interrupted row resumes with the seeds it lacks.
 
     first: seed 0 already trained elsewhere: the folder with its classifier and test_probs.npy.
     """
     splits = load_splits(ctx.pipeline, mmap=True)
-    seed = int(ctx.config["seed"])
-    probs, runs = [], []
-    for index in tqdm(range(int(ctx.config["utility.seeds"])), desc=f"{desc}: classifier seeds", leave=False):
-        done = ctx.out / "seeds" / str(index)
-        if not (done / "info.json").exists():  # else finished before an interruption
-            if index == 0 and first is not None:
-                done.mkdir(parents=True, exist_ok=True)
-                for name in ("classifier.safetensors", "classifier.json", "test_probs.npy"):
-                    shutil.copyfile(first / name, done / name)
-                clf, seconds = Classifier.load(done, device="cpu"), None
-            else:
-                start = time.perf_counter()
-                clf, p = train_and_predict(train_set, splits["val"], splits["test"], classifier_recipe(ctx.config),
-                                           row_seed(seed, index), checkpoint_dir=ctx.out / "checkpoint")
-                seconds = round(time.perf_counter() - start, 2)
-                clf.save(done)
-                save_npy(done / "test_probs.npy", p)
-                shutil.rmtree(ctx.out / "checkpoint", ignore_errors=True)
-            atomic_write_json(done / "info.json", {"seed": row_seed(seed, index), "best_epoch": clf.best_epoch,
-                                                   "epochs_run": len(clf.history), "train_seconds": seconds})
-        probs.append(np.load(done / "test_probs.npy", allow_pickle=False))
-        runs.append(json.loads((done / "info.json").read_text()))
+    seed, n_seeds = int(ctx.config["seed"]), int(ctx.config["utility.seeds"])
+    folders = [ctx.out / "seeds" / str(index) for index in range(n_seeds)]
+    if first is not None and not (folders[0] / "info.json").exists():
+        folders[0].mkdir(parents=True, exist_ok=True)
+        for name in ("classifier.safetensors", "classifier.json", "test_probs.npy"):
+            shutil.copyfile(first / name, folders[0] / name)
+        clf = Classifier.load(folders[0], device="cpu")
+        atomic_write_json(folders[0] / "info.json", {"seed": row_seed(seed, 0), "best_epoch": clf.best_epoch,
+                                                     "epochs_run": len(clf.history), "train_seconds": None})
+    todo = [index for index, done in enumerate(folders) if not (done / "info.json").exists()]
+    if todo:
+        data = [_in_memory(s) for s in (train_set, splits["val"], splits["test"])]
+        run_jobs(fit_seed, [(*data, classifier_recipe(ctx.config), row_seed(seed, index), folders[index])
+                            for index in todo], desc=f"{desc}: classifier seeds")
+    probs = [np.load(done / "test_probs.npy", allow_pickle=False) for done in folders]
+    runs = [json.loads((done / "info.json").read_text()) for done in folders]
     for name in ("classifier.safetensors", "classifier.json"):
-        shutil.copyfile(ctx.out / "seeds" / "0" / name, ctx.out / name)
+        shutil.copyfile(folders[0] / name, ctx.out / name)
     save_npy(ctx.out / "test_probs.npy", np.stack(probs))
     atomic_write_json(ctx.out / "info.json", {
         "training_set": desc, "n_train": len(train_set), "seed": seed,
@@ -150,29 +169,23 @@ def utility_cross_site_stage(ctx: StageContext) -> None:
     u = ctx.config["utility"]
     seed = int(ctx.config["seed"])
     home = ctx.config["data"]
-    splits, models, homes = {}, {}, []
+    splits, homes = {}, []
     for name, overrides in tqdm(u["cross_site"].items(), desc="cross-site datasets", leave=False):
         data_cfg = validate_data_cfg({**home, **overrides})
         if data_cfg == validate_data_cfg(home):
             splits[name] = load_splits(ctx.pipeline, mmap=True)
-            models[name] = Classifier.load(ctx.inputs["utility_real"])
             homes.append(name)
             continue
         splits[name] = build_dataset(data_cfg, ctx.config["data_root"], seed=seed)
-        model_dir = ctx.out / "models" / name
-        if (model_dir / "classifier.json").exists():  # finished before an interruption
-            models[name] = Classifier.load(model_dir)
-            continue
-        models[name] = train_and_predict(splits[name]["train"], splits[name]["val"], splits[name]["test"],
-                                         classifier_recipe(ctx.config), seed,
-                                         checkpoint_dir=ctx.out / "checkpoint" / name)[0]
-        models[name].save(model_dir)
-        shutil.rmtree(ctx.out / "checkpoint" / name, ignore_errors=True)
+    todo = [name for name in splits if name not in homes and not (ctx.out / "models" / name / "info.json").exists()]
+    run_jobs(fit_seed, [(splits[name]["train"], splits[name]["val"], splits[name]["test"], classifier_recipe(ctx.config),
+                         seed, ctx.out / "models" / name) for name in todo], desc="cross-site classifiers")
+    models = {name: Classifier.load(ctx.inputs["utility_real"] if name in homes else ctx.out / "models" / name)
+              for name in splits}
     bseed = seeds.derive(seed, "utility", "bootstrap")
     aurocs = {tr: {te: evaluate_classifier(models[tr], splits[te]["test"], u["n_boot"], bseed, u["level"])
                    .loc["mean", ["auroc", "lo", "hi"]].astype(float).to_dict() for te in splits} for tr in models}
     sizes = {name: {k: len(v) for k, v in s.items()} for name, s in splits.items()}
-    shutil.rmtree(ctx.out / "checkpoint", ignore_errors=True)
     atomic_write_json(ctx.out / "cross_site.json", {"auroc": aurocs, "sizes": sizes, "home": homes,
                                                     "datasets": u["cross_site"]})
 

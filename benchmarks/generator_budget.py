@@ -1,0 +1,123 @@
+"""What closes the utility gap? Downstream AUROC against the generator's training budget and guidance.
+
+    .venv/bin/python benchmarks/generator_budget.py                      # default profile (~30 min on 2 cores
+                                                                         #  after a reproduction; the 3000-step point is cached)
+    .venv/bin/python benchmarks/generator_budget.py --steps 1000 3000 --guidances 2.0   # fewer points
+    .venv/bin/python benchmarks/generator_budget.py --profile smoke --steps 20 40 --guidances 2.0   # (~2 min)
+
+Each point is the profile with one lever changed (``diffusion.train.steps``, or
+``generate.class_guidance`` / ``generate.filter.guidance`` at the profile's steps), run through
+the project's own cached stages (``--run-root``, default the profile's: a point the reproduction
+already computed is read, not recomputed). For every point two releases are drawn from the
+same trained denoiser — EDM class-conditional (conditioned on the source's labels) and DiADM
+raw (conditioned on the source's embedding, the filter's first candidate) — and one
+classifier per release is trained with the reference recipe (``--seeds``, default 1: the first
+of the table's seeds) and tested on the real test patients. The real row uses the same seeds,
+so Δ is paired (same test patients, same seeds); intervals: the cluster bootstrap over test
+patients and, with more than one seed, the seed spread (``evaluation.seeded``).
+
+The diffusion learning-rate schedule and EMA do not depend on the total step count
+(``diffusion.train.learning_rate``: warm-up, then inverse-sqrt decay; EMA half-life in images),
+so a point at S steps is the S-step prefix of a longer run: the curve measures budget alone.
+
+Printed: one row per point (mean AUROC, Δ to real with its paired interval, the diffusion
+stage's seconds as the pipeline recorded them), then the slope of Δ per doubling of the steps
+(least squares on log2 steps, per release) and the steps at which that line would reach
+Δ = −1 — an extrapolation of the measured line, labelled as such (``analysis.utility.budget_fit``).
+Written: ``--out`` (markdown + csv; default ``<figures_dir>/generator_budget``, shown by notebook
+07). Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import trichotomy_lib.stages  # noqa: F401  (registers the stages)
+from trichotomy_lib import config
+from trichotomy_lib.analysis.utility import GENERATOR_BUDGET, budget_fit, utility_rows
+from trichotomy_lib.io import atomic_path, atomic_write_text
+from trichotomy_lib.pipeline import Pipeline
+from trichotomy_lib.releases import REAL, label
+from trichotomy_lib.results import to_markdown
+
+ROWS = ("edm_class", "diadm_raw")
+
+
+def point_config(profile: str, run_root: str | None, seeds: int, steps: int | None = None,
+                 class_guidance: float | None = None, filter_guidance: float | None = None) -> dict:
+    """The profile with one lever changed (None: the profile's value)."""
+    base = config.resolve(profile)
+    overrides: dict = {"utility": {"seeds": seeds}}
+    if run_root is not None:
+        overrides["run_root"] = run_root
+    if steps is not None:
+        overrides["diffusion"] = {"train": {"steps": int(steps)}}
+    generate: dict = {}
+    if class_guidance is not None:
+        generate["class_guidance"] = float(class_guidance)
+    if filter_guidance is not None:
+        generate["filter"] = {"guidance": float(filter_guidance)}
+    if generate:
+        overrides["generate"] = generate
+    return config.deep_merge(base, overrides)
+
+
+def measure(cfg: dict, lever: str, value) -> list[dict]:
+    """One table row per release of ``ROWS`` for the config ``cfg``."""
+    pipe = Pipeline(cfg)
+    result = utility_rows(pipe, releases=list(ROWS))
+    rows = result["rows"]
+    out = []
+    for name in ROWS:
+        r = rows[name]
+        out.append({"lever": lever, "value": str(value), "steps": pipe.cfg["diffusion"]["train"]["steps"],
+                    "class_guidance": pipe.cfg["generate"]["class_guidance"],
+                    "filter_guidance": pipe.cfg["generate"]["filter"]["guidance"],
+                    "release": label(name), "seeds": r["n_seeds"],
+                    "mean_auroc": round(100 * r["auroc"]["mean"], 1),
+                    "real_auroc": round(100 * rows[REAL]["auroc"]["mean"], 1),
+                    "delta": round(r["diff_points"], 1), "delta_lo": round(r["diff_lo"], 1),
+                    "delta_hi": round(r["diff_hi"], 1),
+                    "diffusion_seconds": pipe.seconds("diffusion")})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--run-root", default=None, help="cache root (default: the profile's run_root)")
+    ap.add_argument("--steps", type=int, nargs="*", default=[1000, 3000, 6000], help="diffusion training steps")
+    ap.add_argument("--guidances", type=float, nargs="*", default=[2.0, 3.0],
+                    help="guidance w of both releases at the profile's steps (class_guidance and filter.guidance)")
+    ap.add_argument("--seeds", type=int, default=1, help="classifier seeds per row (>= 1)")
+    ap.add_argument("--out", default=None,
+                    help=f"output stem (.md, .csv); default <figures_dir>/{GENERATOR_BUDGET}, which notebook 07 reads")
+    args = ap.parse_args()
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
+
+    rows: list[dict] = []  # the cheap guidance points first (they reuse the profile's denoiser)
+    for w in args.guidances:
+        print(f"== guidance {w}", flush=True)
+        rows += measure(point_config(args.profile, args.run_root, args.seeds, class_guidance=w, filter_guidance=w),
+                        "guidance", w)
+    for steps in args.steps:
+        print(f"== steps {steps}", flush=True)
+        rows += measure(point_config(args.profile, args.run_root, args.seeds, steps=steps), "steps", steps)
+    table = pd.DataFrame(rows)
+    fit = budget_fit(table)
+    out = Path(args.out) if args.out else config.figures_dir(config.resolve(args.profile)) / GENERATOR_BUDGET
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False)
+    text = (to_markdown(table, ".1f", index=False) + "\n\n"
+            + (to_markdown(fit, ".2f", index=False) if len(fit) else "(one budget point: no fit)") + "\n")
+    atomic_write_text(out.with_suffix(".md"), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
