@@ -113,6 +113,11 @@ def test_budget_fit_extrapolates_the_measured_line_and_refuses_a_flat_one(tmp_pa
     assert fit.loc["A", "denoiser hours at the measured s/step"] == pytest.approx(reach * 0.5 / 3600, abs=0.05)
     assert pd.isna(fit.loc["B", "steps where the line reaches Δ = −1 (extrapolated)"])
     assert fit.loc["A", "budget points"] == 4
+    assert fit.loc["A", "Δ per doubling over the last two points"] == pytest.approx(2.0)
+    flattening = rising.assign(release="C", delta=[-20.0, -14.0, -13.0, -12.5])
+    last = budget_fit(flattening).set_index("release").loc["C"]
+    assert last["Δ per doubling over the last two points"] == pytest.approx(0.5)
+    assert last["Δ per doubling of steps (points)"] > 2
 
     cfg = {"figures_dir": str(tmp_path), "profile": "x"}
     assert load_generator_budget(cfg) is None

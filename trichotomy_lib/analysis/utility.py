@@ -140,7 +140,8 @@ def sample_fd(pipe: Pipeline, samples) -> dict:
 def budget_fit(table: pd.DataFrame) -> pd.DataFrame:
     """Per release of a ``benchmarks/generator_budget.py`` table: the least-squares line
     Δ ≈ a + b·log2(steps) over its budget points (``lever == "steps"``); b (points per doubling of
-    the denoiser's training steps) and the steps at which the line reaches Δ = −1 — an
+    the denoiser's training steps), the same slope between the two largest budgets alone (a
+    curve that flattens has a last slope well below b, and then the line over-promises), and the steps at which the line reaches Δ = −1 — an
     extrapolation of the measured line, None where the line does not rise — with that many steps
     at the fastest measured seconds per step (the least-contended training of the table). Releases with fewer than 2 budget points are left out."""
     fits = []
@@ -152,7 +153,11 @@ def budget_fit(table: pd.DataFrame) -> pd.DataFrame:
         reach = None if b <= 0 else int(round(2 ** ((-1.0 - a) / b)))
         rate = (part["diffusion_seconds"] / part["steps"]).dropna()
         hours = None if reach is None or rate.empty else round(reach * float(rate.min()) / 3600, 1)
+        part = part.sort_values("steps")
+        last = part.iloc[-2:]
+        per_doubling = np.diff(last["delta"].to_numpy(float))[0] / np.diff(np.log2(last["steps"].to_numpy(float)))[0]
         fits.append({"release": release, "budget points": len(part), "Δ per doubling of steps (points)": round(b, 2),
+                     "Δ per doubling over the last two points": round(float(per_doubling), 2),
                      "steps where the line reaches Δ = −1 (extrapolated)": reach,
                      "denoiser hours at the measured s/step": hours})
     return pd.DataFrame(fits)
