@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/generator_budget.py                      # default profile (~30 min on 2 cores
                                                                          #  after a reproduction; the 3000-step point is cached)
     .venv/bin/python benchmarks/generator_budget.py --steps 1000 3000 --guidances 2.0   # fewer points
-    .venv/bin/python benchmarks/generator_budget.py --profile smoke --steps 20 40 --guidances 2.0   # (~2 min)
+    .venv/bin/python benchmarks/generator_budget.py --set diffusion.train.p_mean=-0.8   # + any other lever
+    .venv/bin/python benchmarks/generator_budget.py --profile smoke --steps 20 40 --guidances 2.0   # (~1 min)
 
-Each point is the profile with one lever changed (``diffusion.train.steps``, or
-``generate.class_guidance`` / ``generate.filter.guidance`` at the profile's steps), run through
+Each point is the profile with one lever changed (``diffusion.train.steps``;
+``generate.class_guidance`` and ``generate.filter.guidance`` together at the profile's steps; or
+any setting given with ``--set``, e.g. width, batch, learning rate, EMA length, P_mean/P_std), run through
 the project's own cached stages (``--run-root``, default the profile's: a point the reproduction
 already computed is read, not recomputed). For every point two releases are drawn from the
 same trained denoiser — EDM class-conditional (conditioned on the source's labels) and DiADM
@@ -33,8 +35,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+import yaml
 
 import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 from trichotomy_lib import config
@@ -47,23 +49,30 @@ from trichotomy_lib.results import to_markdown
 ROWS = ("edm_class", "diadm_raw")
 
 
-def point_config(profile: str, run_root: str | None, seeds: int, steps: int | None = None,
-                 class_guidance: float | None = None, filter_guidance: float | None = None) -> dict:
-    """The profile with one lever changed (None: the profile's value)."""
-    base = config.resolve(profile)
+def nested(dotted: str, value) -> dict:
+    """``"diffusion.train.steps", 6000`` → ``{"diffusion": {"train": {"steps": 6000}}}``."""
+    out: dict = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def point_config(profile: str, run_root: str | None, seeds: int, *levers: tuple[str, object]) -> dict:
+    """The profile with the given ``(dotted key, value)`` levers changed, ``seeds`` classifier seeds."""
     overrides: dict = {"utility": {"seeds": seeds}}
     if run_root is not None:
         overrides["run_root"] = run_root
-    if steps is not None:
-        overrides["diffusion"] = {"train": {"steps": int(steps)}}
-    generate: dict = {}
-    if class_guidance is not None:
-        generate["class_guidance"] = float(class_guidance)
-    if filter_guidance is not None:
-        generate["filter"] = {"guidance": float(filter_guidance)}
-    if generate:
-        overrides["generate"] = generate
-    return config.deep_merge(base, overrides)
+    for key, value in levers:
+        overrides = config.deep_merge(overrides, nested(key, value))
+    return config.deep_merge(config.resolve(profile), overrides)
+
+
+def parse_set(text: str) -> tuple[str, object]:
+    """``"diffusion.train.p_mean=-0.8"`` → ``("diffusion.train.p_mean", -0.8)`` (the value read as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or "." not in key:
+        raise SystemExit(f"--set expects SECTION.KEY=VALUE (e.g. diffusion.train.p_mean=-0.8), got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def measure(cfg: dict, lever: str, value) -> list[dict]:
@@ -93,6 +102,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="*", default=[1000, 3000, 6000], help="diffusion training steps")
     ap.add_argument("--guidances", type=float, nargs="*", default=[2.0, 3.0],
                     help="guidance w of both releases at the profile's steps (class_guidance and filter.guidance)")
+    ap.add_argument("--set", dest="levers", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="one more point with any other setting changed, e.g. diffusion.train.p_mean=-0.8 or "
+                         "diffusion.network.channels=[48,96,192] (repeatable; one point each)")
     ap.add_argument("--seeds", type=int, default=1, help="classifier seeds per row (>= 1)")
     ap.add_argument("--out", default=None,
                     help=f"output stem (.md, .csv); default <figures_dir>/{GENERATOR_BUDGET}, which notebook 07 reads")
@@ -103,11 +115,15 @@ def main() -> None:
     rows: list[dict] = []  # the cheap guidance points first (they reuse the profile's denoiser)
     for w in args.guidances:
         print(f"== guidance {w}", flush=True)
-        rows += measure(point_config(args.profile, args.run_root, args.seeds, class_guidance=w, filter_guidance=w),
-                        "guidance", w)
+        rows += measure(point_config(args.profile, args.run_root, args.seeds, ("generate.class_guidance", w),
+                                     ("generate.filter.guidance", w)), "guidance", w)
+    for key, value in map(parse_set, args.levers):
+        print(f"== {key} = {value}", flush=True)
+        rows += measure(point_config(args.profile, args.run_root, args.seeds, (key, value)), key, value)
     for steps in args.steps:
         print(f"== steps {steps}", flush=True)
-        rows += measure(point_config(args.profile, args.run_root, args.seeds, steps=steps), "steps", steps)
+        rows += measure(point_config(args.profile, args.run_root, args.seeds, ("diffusion.train.steps", steps)),
+                        "steps", steps)
     table = pd.DataFrame(rows)
     fit = budget_fit(table)
     out = Path(args.out) if args.out else config.figures_dir(config.resolve(args.profile)) / GENERATOR_BUDGET

@@ -64,9 +64,12 @@ def test_artifact_index_and_target(tmp_path):
     cfg, nbdir = make_cfg(tmp_path), notebook(tmp_path)
     results.save_table(cfg, pd.DataFrame({"a": [1]}), "utility_main")
     results.save_table(cfg, pd.DataFrame({"a": [1]}), "orphan")
+    results.save_table(cfg, pd.DataFrame({"a": [1]}), "generator_budget")
     index = summary.artifact_index(cfg, nbdir)
     assert index.loc["utility_main", "notebook"] == "07_utility" and index.loc["utility_main", "files"] == "csv, md"
-    assert index.loc["orphan", "notebook"] == "?"
+    assert index.loc["orphan", "notebook"] == "?" and index.loc["orphan", "stages"] == "–"
+    assert index.loc["generator_budget", "notebook"] == "benchmarks/generator_budget.py"
+    assert index.loc["generator_budget", "stages"] == "–"
     stages = summary.stage_index(cfg, nbdir)
     assert stages.loc["utility_real", "notebook"] == "07_utility"
     assert stages.loc["sweep", "notebook"] == "08_?"       # 08 not in this notebooks dir

@@ -44,9 +44,10 @@ def cpu_cores() -> int:
 def job_rounds(n_jobs: int) -> list[tuple[int, int]]:
     """How ``n_jobs`` independent small trainings share the machine: ``[(jobs, threads), ...]``.
 
-    On CPU, small networks use their threads poorly (at 32 px a classifier on 2 threads is 1.4x
-    faster than on 1, ``benchmarks/classifier.py``), so jobs run side by side in rounds of
-    ``cores`` single-threaded processes; a last, smaller round gives each job ``cores // jobs``
+    On CPU, small networks use a second thread poorly, so jobs run side by side in rounds of
+    ``cores`` single-threaded processes (measured on 2 cores: the default's two defender replicas
+    in 388 s side by side against 274 s for one alone, 1.41x; a utility row's 3 classifier seeds
+    1.07x, ``benchmarks/jobs.py``); a last, smaller round gives each job ``cores // jobs``
     threads (a single job runs alone on every core). On a GPU, one job at a time (``[(1, 0)]``
     per job; 0: leave the thread count alone). ``TRICHOTOMY_WORKERS=1`` forces one job at a time.
     """

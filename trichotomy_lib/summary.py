@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import config as config_mod
+from .analysis.utility import GENERATOR_BUDGET
 from .io import atomic_write_json, atomic_write_text
 from .releases import RELEASES, label
 
@@ -66,6 +67,10 @@ def replace_between_markers(text: str, block: str, start: str = START, end: str 
 
 
 # ------------------------------------------------------------------------------ tracing
+# tables a benchmark writes into figures/ (measured outside the reproduction; notebooks only read them)
+BENCHMARK_OUTPUTS = {GENERATOR_BUDGET: "benchmarks/generator_budget.py"}
+
+
 def _notebooks_dir() -> Path:
     return config_mod.project_root() / "notebooks"
 
@@ -118,7 +123,7 @@ def artifact_index(cfg: dict, notebooks_dir: Path | None = None) -> pd.DataFrame
     """Every table and figure in ``figures_dir``: its files, notebook and that notebook's cached
     stages (artifact directories)."""
     fig_dir = config_mod.figures_dir(cfg)
-    producers = notebook_outputs(notebooks_dir)
+    producers = notebook_outputs(notebooks_dir) | BENCHMARK_OUTPUTS
     stages = stage_index(cfg, notebooks_dir)
     cached = stages[stages["cached"]]
     files: dict[str, list[str]] = {}
@@ -131,7 +136,8 @@ def artifact_index(cfg: dict, notebooks_dir: Path | None = None) -> pd.DataFrame
         notebook = producers.get(name, "?")
         kind = "table" if {"md", "csv"} & set(exts) else "figure"
         rows.append({"name": name, "kind": kind, "files": ", ".join(exts), "notebook": notebook,
-                     "stages": ", ".join(cached.index[cached["notebook"] == notebook]) or "–"})
+                     "stages": ("" if name in BENCHMARK_OUTPUTS or notebook == "?"
+                                else ", ".join(cached.index[cached["notebook"] == notebook])) or "–"})
     return pd.DataFrame(rows, columns=["name", "kind", "files", "notebook", "stages"]).set_index("name")
 
 
