@@ -136,8 +136,8 @@ def artifact_index(cfg: dict, notebooks_dir: Path | None = None) -> pd.DataFrame
         notebook = producers.get(name, "?")
         kind = "table" if {"md", "csv"} & set(exts) else "figure"
         rows.append({"name": name, "kind": kind, "files": ", ".join(exts), "notebook": notebook,
-                     "stages": ("" if name in BENCHMARK_OUTPUTS or notebook == "?"
-                                else ", ".join(cached.index[cached["notebook"] == notebook])) or "–"})
+                     "stages": (", ".join(cached.index[cached["notebook"] == notebook]) if notebook != "?" else "")
+                               or "–"})
     return pd.DataFrame(rows, columns=["name", "kind", "files", "notebook", "stages"]).set_index("name")
 
 

@@ -79,11 +79,6 @@ def fit_seed(train_set: ImageSet, val_set: ImageSet, test_set: ImageSet, recipe:
     shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def _in_memory(images: ImageSet) -> ImageSet:
-    """A copy that does not point into a memory-mapped file (what a job's process receives)."""
-    return ImageSet(*(np.array(getattr(images, f)) for f in ("images", "labels", "patient_ids", "names")))
-
-
 def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: Path | None = None) -> None:
     """Fit ``utility.seeds`` classifiers on ``train_set`` (each selected on real val); save the
     seed-0 classifier, the (S, N, 8) test predictions and ``info.json``. The seeds are
@@ -103,10 +98,8 @@ def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: Path |
         atomic_write_json(folders[0] / "info.json", {"seed": row_seed(seed, 0), "best_epoch": clf.best_epoch,
                                                      "epochs_run": len(clf.history), "train_seconds": None})
     todo = [index for index, done in enumerate(folders) if not (done / "info.json").exists()]
-    if todo:
-        data = [_in_memory(s) for s in (train_set, splits["val"], splits["test"])]
-        run_jobs(fit_seed, [(*data, classifier_recipe(ctx.config), row_seed(seed, index), folders[index])
-                            for index in todo], desc=f"{desc}: classifier seeds")
+    run_jobs(fit_seed, [(train_set, splits["val"], splits["test"], classifier_recipe(ctx.config), row_seed(seed, index),
+                         folders[index]) for index in todo], desc=f"{desc}: classifier seeds")
     probs = [np.load(done / "test_probs.npy", allow_pickle=False) for done in folders]
     runs = [json.loads((done / "info.json").read_text()) for done in folders]
     for name in ("classifier.safetensors", "classifier.json"):
