@@ -73,7 +73,7 @@ def run(params=None, sampler=None, defender=None, classifier=classifier_j_best, 
 
 # ----------------------------------------------------------------------------- the rule
 def test_rigged_defender_flagging_the_best_candidate_never_releases_it():
-    params = {"k": 4, "round_size": 4, "min_survivors": 4}
+    params = {"k": 4, "round_size": 4, "min_survivors": 4, "keep": 2}
     honest = run(params)
     chosen = honest.audit[honest.audit.decision == "chosen"]
     assert (chosen.candidate == 0).all()  # without the veto, candidate 0 wins everywhere
@@ -91,44 +91,45 @@ def test_rigged_defender_flagging_the_best_candidate_never_releases_it():
     assert (decode(torch.from_numpy(rigged.images).float().unsqueeze(1) / 127.5 - 1)["j"] != 0).all()
 
 
-def test_choice_is_lowest_bce_survivor_and_second_best():
-    params = {"k": 6, "round_size": 6, "min_survivors": 6}
+def test_choice_is_lowest_bce_survivor_then_the_kept_ranks_then_not_best():
+    params = {"k": 6, "round_size": 6, "min_survivors": 6, "keep": 3}
 
     def flag_some(sources, images):
         return np.where(decode(images)["noise"] > 0.5, 0.8, 0.3)
 
     res = run(params, defender=flag_some, classifier=classifier_noise)
+    n_kept = 0
     for s, rows in res.audit[res.audit.candidate >= 0].groupby("source_index"):
         surv = rows[~rows.flagged].sort_values(["bce", "candidate"])
-        if len(surv) == 0:
-            continue
-        assert surv.iloc[0].decision == "chosen"
-        if len(surv) > 1:
-            assert surv.iloc[1].decision == "second_best"
-            assert (surv.iloc[2:].decision == "not_best").all()
+        expected = ["chosen", "second_best", "kept", *["not_best"] * 3][:len(surv)]
+        assert list(surv.decision) == expected
+        n_kept += min(len(surv), 3)
         assert (rows[rows.flagged].decision == "flagged").all()
     assert (res.audit[res.audit.flagged].decision == "flagged").all()
+    assert len(res.images) == n_kept and set(res.rank) <= {0, 1, 2}
 
 
-def test_second_best_variant_adds_only_rank_one_samples():
-    params = {"k": 4, "round_size": 2, "min_survivors": 2}
-    with_2nd = run(params | {"keep_second": True})
-    without = run(params | {"keep_second": False})
-    assert set(np.unique(without.rank)) == {0}
-    best = with_2nd.select(0)
-    assert np.array_equal(best[0], without.images) and np.array_equal(best[1], without.source_index)
-    second = with_2nd.rank == 1
-    assert second.sum() == N_SRC  # no flags: every source has 2 survivors
-    a = with_2nd.audit
-    assert (a.decision == "second_best").sum() == N_SRC
-    chosen_bce = a[a.decision == "chosen"].set_index("source_index").bce
-    second_bce = a[a.decision == "second_best"].set_index("source_index").bce
-    assert (second_bce >= chosen_bce.reindex(second_bce.index)).all()
-    assert (without.audit.decision == "second_best").sum() == 0
+def test_larger_keeps_nest_the_smaller_releases_and_add_only_worse_survivors():
+    params = {"k": 8, "round_size": 2, "min_survivors": 4}
+    res = {keep: run(params | {"keep": keep}) for keep in (1, 2, 4)}
+    four = res[4]
+    assert np.bincount(four.rank).tolist() == [N_SRC] * 4  # no flags: every source has 4 survivors
+    for keep in (1, 2):  # the same draws (m fixes them), so a smaller release is the top ranks of a larger one
+        images, src, rank = four.select(keep - 1)
+        assert np.array_equal(images, res[keep].images) and np.array_equal(src, res[keep].source_index)
+        assert np.array_equal(rank, res[keep].rank)
+    a = four.audit
+    assert (a.decision == "second_best").sum() == N_SRC and (a.decision == "kept").sum() == 2 * N_SRC
+    assert (res[1].audit.decision.isin(["second_best", "kept"])).sum() == 0
+    by_rank = [a[a.decision == d].set_index("source_index").bce.sort_index() for d in ("chosen", "second_best")]
+    kept = a[a.decision == "kept"].groupby("source_index").bce.min().sort_index()
+    assert (by_rank[0] <= by_rank[1]).all() and (by_rank[1] <= kept).all()
+    with pytest.raises(ValueError, match="keep=4 must be <= filter.min_survivors=2"):
+        flt.check_filter_params({"k": 4, "min_survivors": 2, "keep": 4})
 
 
 def test_early_stop_draws_only_until_enough_survivors():
-    res = run({"k": 8, "round_size": 2, "min_survivors": 2})
+    res = run({"k": 8, "round_size": 2, "min_survivors": 2, "keep": 2})
     assert len(res.audit) == 2 * N_SRC  # one round of 2, both pass → stop
     full = run({"k": 8, "round_size": 8, "min_survivors": 8})
     assert len(full.audit) == 8 * N_SRC
@@ -136,13 +137,13 @@ def test_early_stop_draws_only_until_enough_survivors():
     def flag_first_two(sources, images):
         return np.where(decode(images)["j"] < 2, 0.9, 0.1)
 
-    res = run({"k": 8, "round_size": 2, "min_survivors": 2}, defender=flag_first_two)
+    res = run({"k": 8, "round_size": 2, "min_survivors": 2, "keep": 2}, defender=flag_first_two)
     assert len(res.audit) == 4 * N_SRC and (res.audit[res.audit.decision == "chosen"].candidate == 2).all()
 
 
 # ------------------------------------------------------------------------------ retries
 def test_all_flagged_retries_with_lower_guidance_down_to_floor():
-    params = {"k": 3, "round_size": 3, "min_survivors": 1, "guidance": 1.4, "guidance_step": 0.1,
+    params = {"k": 3, "round_size": 3, "min_survivors": 1, "keep": 1, "guidance": 1.4, "guidance_step": 0.1,
               "guidance_floor": 1.1, "max_attempts": 6}
 
     def flag_above_floor(sources, images):  # passes only once guidance reached the floor
@@ -161,7 +162,7 @@ def test_all_flagged_retries_with_lower_guidance_down_to_floor():
 
 
 def test_source_that_never_passes_is_skipped_and_recorded():
-    params = {"k": 2, "round_size": 1, "min_survivors": 1, "guidance": 1.3, "guidance_step": 0.1,
+    params = {"k": 2, "round_size": 1, "min_survivors": 1, "keep": 1, "guidance": 1.3, "guidance_step": 0.1,
               "guidance_floor": 1.0, "max_attempts": 5}
     bad = {3, 7}
 
@@ -195,7 +196,7 @@ def test_seeds_unique_across_sources_attempts_and_candidates():
     # and within a real run with retries
     def flag_most(sources, images):
         return np.where(decode(images)["attempt"] < 2, 0.9, 0.1)
-    res = run({"k": 4, "round_size": 2, "min_survivors": 2, "max_attempts": 4}, defender=flag_most)
+    res = run({"k": 4, "round_size": 2, "min_survivors": 2, "keep": 2, "max_attempts": 4}, defender=flag_most)
     s = res.audit[res.audit.candidate >= 0].seed
     assert s.is_unique and len(s) == N_SRC * (4 + 4 + 2)
 
@@ -229,7 +230,7 @@ def test_output_independent_of_batch_and_chunk_size(one_thread):
     gen = torch.Generator().manual_seed(1)
     emb = torch.randn(N_SRC, 4, generator=gen)
     src_images = torch.rand(N_SRC, 1, SIZE, SIZE, generator=gen) * 2 - 1
-    params = {"k": 3, "round_size": 2, "min_survivors": 2, "max_attempts": 3, "guidance": 1.3}
+    params = {"k": 3, "round_size": 2, "min_survivors": 2, "keep": 2, "max_attempts": 3, "guidance": 1.3}
     # calibrate the untrained verifier's bias so that about half of the first candidates are flagged
     with torch.no_grad():
         verifier.head.weight.mul_(100).clamp_(max=-1.0)
@@ -256,7 +257,7 @@ def test_output_independent_of_batch_and_chunk_size(one_thread):
 
 # --------------------------------------------------------------------------------- resume
 def test_resume_after_crash_gives_identical_release(tmp_path):
-    params = {"k": 3, "round_size": 2, "min_survivors": 2, "chunk_size": 3, "max_attempts": 3}
+    params = {"k": 3, "round_size": 2, "min_survivors": 2, "keep": 2, "chunk_size": 3, "max_attempts": 3}
 
     def flag_some(sources, images):
         return np.where(decode(images)["noise"] > 0.52, 0.8, 0.2)
@@ -294,7 +295,7 @@ def test_release_roundtrip_and_labels_from_source(tmp_path):
     train = ImageSet(rng.integers(0, 255, (N_SRC, SIZE, SIZE), dtype=np.uint8),
                      np.eye(8, dtype=np.uint8)[rng.integers(0, 8, N_SRC)],
                      np.array([f"p{i // 2}" for i in range(N_SRC)]), np.array([f"img{i}" for i in range(N_SRC)]))
-    res = run({"k": 2, "round_size": 2, "min_survivors": 2})
+    res = run({"k": 2, "round_size": 2, "min_survivors": 2, "keep": 2})
     rel = make_release("diadm_filter_2nd", res.images, res.source_index, train, res.rank)
     assert np.array_equal(rel.labels, train.labels[res.source_index])
     assert np.array_equal(rel.patient_ids, train.patient_ids[res.source_index])
@@ -309,7 +310,7 @@ def test_release_roundtrip_and_labels_from_source(tmp_path):
 
 def test_bad_parameters_are_named():
     with pytest.raises(ValueError, match="min_survivors"):
-        flt.check_filter_params({"k": 2, "min_survivors": 3})
+        flt.check_filter_params({"k": 2, "min_survivors": 3, "keep": 2})
     with pytest.raises(ValueError, match="unknown"):
         flt.check_filter_params({"K": 2})
     with pytest.raises(ValueError, match="duplicate"):
@@ -357,7 +358,7 @@ def test_redraw_candidates_reproduces_the_filters_judgement(one_thread):
     src_images = torch.rand(N_SRC, 1, SIZE, SIZE, generator=gen) * 2 - 1
     sampler = conditional_sampler(net, emb, "embedding", steps=3, solver="dpm")
     defender = flt.verifier_defender_fn(verifier, src_images)
-    params = flt.check_filter_params({"k": 3, "round_size": 3, "min_survivors": 3, "max_attempts": 2, "guidance": 1.3})
+    params = flt.check_filter_params({"k": 3, "round_size": 3, "min_survivors": 3, "keep": 2, "max_attempts": 2, "guidance": 1.3})
     res = run(params, sampler=sampler, defender=defender, classifier=classifier_noise)
     images, table = redraw_candidates([0, 4], 0, params, 7, sampler, defender, classifier_noise, SOURCE_PROBS, res.audit)
     assert images.shape == (2, 3, SIZE, SIZE) and len(table) == 6

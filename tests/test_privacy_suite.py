@@ -112,7 +112,7 @@ def test_the_filter_never_releases_a_near_copy():
 
     copy_fn = lambda x: np.where(x.abs().flatten(1).max(1).values.numpy() < 0.01, 0.2, 3.0)  # noqa: E731  (uint8 grey)
     res = flt.run_filter(sources, sampler, lambda s, x: np.full(len(s), 0.1), lambda x: np.full((len(x), 8), 0.5),
-                         np.full((6, 8), 0.5), {"k": 3, "round_size": 3, "min_survivors": 1, "threshold": 0.5},
+                         np.full((6, 8), 0.5), {"k": 3, "round_size": 3, "min_survivors": 1, "keep": 1, "threshold": 0.5},
                          stream=3, progress=False, copy_fn=copy_fn)
     cand = res.audit[res.audit.candidate >= 0]
     first = cand[cand.candidate == 0]
@@ -167,7 +167,7 @@ def test_the_audit_keeps_its_copy_ratio_through_the_release_directory(tmp_path):
     train = make_population("tr", 6, 1)
     res = flt.run_filter(np.arange(4), lambda s, seeds, g: torch.zeros(len(s), 1, 16, 16),
                          lambda s, x: np.full(len(s), 0.9), lambda x: np.full((len(x), 8), 0.5), np.full((6, 8), 0.5),
-                         {"k": 2, "round_size": 2, "min_survivors": 1, "max_attempts": 1}, stream=1, progress=False,
+                         {"k": 2, "round_size": 2, "min_survivors": 1, "keep": 1, "max_attempts": 1}, stream=1, progress=False,
                          copy_fn=lambda x: np.full(len(x), 2.0))
     assert (res.audit.decision == "skipped_source").sum() == 4     # every candidate vetoed by the defender
     images, src, rank = res.select(0)

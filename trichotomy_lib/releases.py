@@ -1,7 +1,8 @@
 """The release registry: every set of images the project evaluates, in the paper's order.
 
 A *release* is one synthetic image per source (a real training image), labelled with the
-source's labels (DESIGN step 6). The two *controls* are not generated: the positive control
+source's labels (DESIGN step 6); the filter's larger releases keep up to ``survivors`` distinct
+survivors per source, best first. The two *controls* are not generated: the positive control
 is the training images themselves (lightly noised: a release that copies must score a high
 risk) and the negative control is real images of patients never trained on (risk ≈ 0).
 
@@ -22,6 +23,7 @@ class Release:
     stage: str   # pipeline stage that writes it (None for controls)
     label: str   # display name in tables and figures
     doc: str     # one line: what it is
+    survivors: int = 1  # samples per source at most (the filter's best ``survivors`` survivors)
 
 
 RELEASES: dict[str, Release] = {r.name: r for r in (
@@ -32,7 +34,9 @@ RELEASES: dict[str, Release] = {r.name: r for r in (
     Release("diadm_filter", "release_diadm_filter", "DiADM + filter",
             "DiADM + privacy filter: the most label-consistent candidate that passes every veto"),
     Release("diadm_filter_2nd", "release_diadm_filter", "DiADM + filter + 2nd best",
-            "DiADM + privacy filter, keeping each source's second-best survivor too"),
+            "DiADM + privacy filter, keeping each source's second-best survivor too", survivors=2),
+    Release("diadm_filter_4", "release_diadm_filter", "DiADM + filter, 4 survivors",
+            "DiADM + privacy filter, keeping each source's four most label-consistent survivors", survivors=4),
 )}
 
 CONTROLS: dict[str, Release] = {r.name: r for r in (
@@ -43,7 +47,7 @@ CONTROLS: dict[str, Release] = {r.name: r for r in (
 )}
 
 GENERATED: tuple[str, ...] = tuple(RELEASES)
-FILTERED: tuple[str, ...] = ("diadm_filter", "diadm_filter_2nd")
+FILTERED: tuple[str, ...] = ("diadm_filter", "diadm_filter_2nd", "diadm_filter_4")  # one filter run, 1 / 2 / 4 per source
 REAL = "real"  # the real-data row of the utility tables
 _REAL_LABEL = "real data"
 

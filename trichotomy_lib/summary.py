@@ -43,6 +43,7 @@ STAGE_MODULE_NOTEBOOK = {"data": "00", "reid": "01", "classifier": "02", "encode
 README_TABLES = [
     ("Utility: train on synthetic, test on real (mean AUROC, points)", "utility_main"),
     ("Privacy: auditor re-identification and singling-out risk", "privacy"),
+    ("Diversity is utility: 1, 2 and 4 filtered survivors per source (mean AUROC, points)", "utility_release_size"),
     ("Fidelity and diversity", "utility_fidelity"),
     ("Cross-site generalisation of the real-data classifier (mean AUROC, points)", "utility_cross_site"),
     ("Guidance sweep", "sweep_table"),

@@ -14,12 +14,12 @@ from ..evaluation.seeded import seeded_auroc
 from ..evaluation.utility import (cross_table, is_estimable, mark_not_estimable, not_estimable, utility_row,
                                   utility_table)
 from ..pipeline import Pipeline
-from ..releases import REAL, label
+from ..releases import FILTERED, REAL, RELEASES, label
 from ..stages.data import load_splits
 from ..stages.fidelity import load_feature_net, load_fidelity
 from ..stages.utility import load_cross_site, load_test_probs, load_training_info
 
-__all__ = ["utility_rows", "utility_main", "utility_differences", "utility_headline", "utility_fidelity", "utility_cross_site",
+__all__ = ["utility_rows", "utility_main", "utility_differences", "utility_headline", "release_size_curve", "utility_fidelity", "utility_cross_site",
            "feature_space_note", "sample_fd", "GENERATOR_BUDGET", "budget_fit", "load_generator_budget"]
 
 GENERATOR_BUDGET = "generator_budget"  # <figures_dir>/generator_budget.csv, written by benchmarks/generator_budget.py
@@ -93,6 +93,22 @@ def utility_headline(result: dict, release: str = "diadm_filter", baseline: str 
         text += (f"; {vs['diff_points']:+.1f} points [{vs['diff_lo']:+.1f}, {vs['diff_hi']:+.1f}] against "
                  f"{label(baseline)} ({100 * rows[baseline]['auroc']['mean']:.1f}): {sign} it")
     return text + "."
+
+
+def release_size_curve(result: dict) -> pd.DataFrame:
+    """The filtered releases with 1, 2, 4 survivors per source (``releases.FILTERED``, one filter
+    run), smallest first: size, mean AUROC [interval over test patients × seeds] and the paired
+    Δ to real, with where that interval puts the release ("above real", "below real" or "not
+    separable from real"). Releases without a row, or not estimable, are left out."""
+    rows, out = result["rows"], {}
+    for name in sorted((n for n in FILTERED if n in rows and is_estimable(rows[n])), key=lambda n: RELEASES[n].survivors):
+        r = rows[name]
+        where = "above real" if r["diff_lo"] > 0 else "below real" if r["diff_hi"] < 0 else "not separable from real"
+        out[label(name)] = {"survivors per source": RELEASES[name].survivors, "n_train": result["info"][name]["n_train"],
+                            "mean AUROC": 100 * r["auroc"]["mean"], "lo": 100 * r["lo"]["mean"],
+                            "hi": 100 * r["hi"]["mean"], "Δ to real": r["diff_points"], "Δ lo": r["diff_lo"],
+                            "Δ hi": r["diff_hi"], "against real": where}
+    return pd.DataFrame.from_dict(out, orient="index")
 
 
 def utility_fidelity(pipe: Pipeline) -> pd.DataFrame:

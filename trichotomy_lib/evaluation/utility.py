@@ -28,7 +28,7 @@ from .seeded import seeded_auroc
 
 UTILITY_DEFAULTS: dict = {
     # Releases with a row in the main table (``releases.RELEASES``), in display order.
-    "releases": ["edm_class", "diadm_raw", "diadm_filter", "diadm_filter_2nd"],
+    "releases": ["edm_class", "diadm_raw", "diadm_filter", "diadm_filter_2nd", "diadm_filter_4"],
     # Overrides of the `classifier` section for EVERY classifier this step trains — the real row
     # included (retrained then, instead of reusing stage `classifier`), so the comparison stays
     # at equal budget. {} (default/paper): exactly the reference classifier's recipe.

@@ -41,6 +41,7 @@ def filter_summary(audit: pd.DataFrame) -> dict:
         "n_candidates": int(len(cand)),
         "n_released_best": int((cand["decision"] == "chosen").sum()),
         "n_released_second": int((cand["decision"] == "second_best").sum()),
+        "n_released_kept": int((cand["decision"] == "kept").sum()),  # survivors of rank 3 and beyond
         "first_attempt_flag_rate": float(first["flagged"].mean()) if len(first) else float("nan"),
         "flag_rate": float(cand["flagged"].mean()) if len(cand) else float("nan"),
         "sources_all_flagged_first_attempt": int((src["attempts"] > 1).sum() + (~accepted & (src["attempts"] == 1)).sum()),

@@ -13,7 +13,8 @@ s's embedding (DiADM pseudo-conditioning). Each candidate c is judged twice:
 2. **Utility, among the survivors.** The reference classifier's label consistency
    BCE(s, c) = −(1/8) Σ_k [ŷ_k(s) log ŷ_k(c) + (1 − ŷ_k(s)) log(1 − ŷ_k(c))]
    (``evaluation.classifier.consistency.label_consistency``); the survivor with the lowest BCE is chosen,
-   the second lowest optionally kept as extra data.
+   and the next ``keep`` − 1 lowest are optionally kept as extra data (the paper's thesis that
+   diversity is utility: several distinct survivors of one source train better than one).
 
 If every candidate of an attempt is flagged, the source is retried with new seeds and a lower
 guidance, g_a = max(g_0 − a·Δg, g_floor) for attempt a = 0, 1, …, ``max_attempts`` − 1 (paper:
@@ -28,10 +29,12 @@ attempt's K candidates are used up. Trade-off of ``min_survivors`` (m):
 
 * m = K reproduces "the most label-consistent of K" exactly (and, with r = K, the paper's
   shape); every source costs ≥ K candidates.
-* m = 2 (default) is the least that still *chooses* by label consistency (and yields a second
-  best); when most candidates pass, a source costs ≈ 2 candidates instead of K, at the price
-  of choosing among fewer survivors (a somewhat higher BCE; measured in notebook 05 and
+* m = 2 is the least that still *chooses* by label consistency (and yields a second best);
+  when most candidates pass, a source costs ≈ 2 candidates instead of K, at the price of
+  choosing among fewer survivors (a somewhat higher BCE; measured in notebook 05 and
   ``benchmarks/filter.py``).
+* m = ``keep`` (default 4 of K = 16) is the least that can release ``keep`` survivors per source:
+  a source stops drawing as soon as it has them, and draws up to K when the veto bites.
 * m = 1 releases the first survivor: the cheapest, no label-consistency selection.
 
 Seeds. Candidate j of attempt a of source i gets its own seed (``seeds.sample_seeds``), a packed
@@ -79,10 +82,10 @@ from .release import read_audit_csv
 
 # Filter hyper-parameters (plain dict, EDM2 style); ranges in ``check_filter_params``.
 FILTER_DEFAULTS: dict = {
-    "k": 4,                  # K: candidates per source per attempt (paper: 4 / 16 / 32), >= 1
+    "k": 16,                 # K: candidates per source per attempt (paper: 4 / 16 / 32), >= 1
     "round_size": 2,         # r: candidates drawn per source per round, 1..K (K = draw all, then judge)
-    "min_survivors": 2,      # m: stop drawing once an attempt has m survivors, 1..K (K = paper's choice)
-    "keep_second": True,     # also return the second-best survivor (rank 1) where there is one
+    "min_survivors": 4,      # m: stop drawing once an attempt has m survivors, 1..K (K = paper's choice)
+    "keep": 4,               # survivors returned per source, best first (rank 0 .. keep-1), 1..m
     "guidance": 1.4,         # g_0: guidance of the first attempt (paper: 1.4; release script 1.2)
     "guidance_step": 0.1,    # Δg: guidance lowered by this after an all-flagged attempt (paper: 0.1), >= 0
     "guidance_floor": 1.0,   # g_floor: guidance never goes below this, 0..g_0
@@ -97,7 +100,8 @@ FILTER_DEFAULTS: dict = {
 }
 COPY_SPACES = ("pixels", "encoder")
 
-DECISIONS = ("chosen", "second_best", "not_best", "flagged", "skipped_source")
+DECISIONS = ("chosen", "second_best", "kept", "not_best", "flagged", "skipped_source")
+RANKED = ("chosen", "second_best", "kept")  # decisions of released survivors: rank 0, 1, >= 2
 AUDIT_COLUMNS = ("source_index", "patient_id", "source_name", "attempt", "candidate", "seed", "guidance",
                  "defender_prob", "copy_ratio", "flagged", "bce", "decision", "reason", "source_outcome")
 
@@ -110,7 +114,7 @@ def check_filter_params(params: dict | None) -> dict:
     if unknown:
         raise ValueError(f"unknown filter parameter(s) {unknown}; known: {sorted(FILTER_DEFAULTS)}")
     p = {**FILTER_DEFAULTS, **params}
-    for key in ("k", "round_size", "min_survivors", "max_attempts", "chunk_size"):
+    for key in ("k", "round_size", "min_survivors", "keep", "max_attempts", "chunk_size"):
         if not isinstance(p[key], (int, np.integer)) or isinstance(p[key], bool) or p[key] < 1:
             raise ValueError(f"filter.{key} must be an integer >= 1, got {p[key]!r}")
     if p["k"] > 2**CANDIDATE_BITS:
@@ -120,6 +124,9 @@ def check_filter_params(params: dict | None) -> dict:
     for key in ("round_size", "min_survivors"):
         if p[key] > p["k"]:
             raise ValueError(f"filter.{key}={p[key]} must be <= filter.k={p['k']}")
+    if p["keep"] > p["min_survivors"]:
+        raise ValueError(f"filter.keep={p['keep']} must be <= filter.min_survivors={p['min_survivors']}: a source "
+                         f"stops drawing at {p['min_survivors']} survivor(s), so it could never keep {p['keep']}")
     if p["copy_quantile"] is not None and not 0 < p["copy_quantile"] < 0.5:
         raise ValueError(f"filter.copy_quantile must be null or in (0, 0.5), got {p['copy_quantile']}")
     spaces = list(p["copy_spaces"] or [])
@@ -150,8 +157,9 @@ class FilterResult:
     """What the filter releases, and why.
 
     images: (M, H, W) uint8; source_index: (M,) int64 into the sources' split; rank: (M,) 0 =
-    the chosen sample of its source, 1 = its second best. audit: one row per drawn candidate
-    (``AUDIT_COLUMNS``) plus one ``skipped_source`` row per source that never passed.
+    the chosen sample of its source, 1 = its second best, r = its (r+1)-th best (r < ``keep``).
+    audit: one row per drawn candidate (``AUDIT_COLUMNS``) plus one ``skipped_source`` row per
+    source that never passed.
     """
 
     images: np.ndarray
@@ -264,9 +272,10 @@ def filter_sources(sources, sample_fn: Callable, defender_fn: Callable, classifi
                     if r == 0:
                         rows[row_id] |= {"decision": "chosen", "reason": f"lowest BCE of {n_surv} survivor(s)"}
                         released.append((pos, 0, st.index, image))
-                    elif r == 1 and p["keep_second"]:
-                        rows[row_id] |= {"decision": "second_best", "reason": f"second-lowest BCE of {n_surv} survivors"}
-                        released.append((pos, 1, st.index, image))
+                    elif r < p["keep"]:
+                        decision = "second_best" if r == 1 else "kept"
+                        rows[row_id] |= {"decision": decision, "reason": f"BCE rank {r + 1} of {n_surv} survivors, kept"}
+                        released.append((pos, r, st.index, image))
                     else:
                         rows[row_id] |= {"decision": "not_best", "reason": f"BCE rank {r + 1} of {n_surv} survivors"}
                 st.outcome, st.survivors = "accepted", []
@@ -353,7 +362,7 @@ def run_filter(sources, sample_fn: Callable, defender_fn: Callable, classifier_f
             crash here).
         copy_fn: the near-copy veto (``copy_veto.CopyVeto.ratio``); None: the defender alone.
         progress: a tqdm bar over sources.
-    Returns a ``FilterResult`` in the order of ``sources`` (a source's rank 0 before its rank 1).
+    Returns a ``FilterResult`` in the order of ``sources`` (a source's ranks in increasing order).
     """
     p = check_filter_params(params)
     sources = np.asarray(sources, dtype=np.int64)

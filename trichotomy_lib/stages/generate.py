@@ -1,8 +1,8 @@
 """Stages ``release_edm_class``, ``release_diadm_raw``, ``release_diadm_filter``: the synthetic
 releases (DESIGN step 6; the registry is ``releases.RELEASES``, the settings ``privacy.generation``).
 
-The two filter releases (``diadm_filter``, ``diadm_filter_2nd``) come from one run of the
-filter. Each release directory (``privacy.release``) holds an ``ImageSet``,
+The filter releases (``releases.FILTERED``: 1, 2 and 4 survivors per source) come from one run
+of the filter, nested: each keeps a source's best survivors, the larger ones more of them. Each release directory (``privacy.release``) holds an ``ImageSet``,
 ``source_index.npy`` and, for the filtered ones, ``audit.csv``: these link every sample to its
 source and stay in the private run directory (``trichotomy release`` exports a shareable copy).
 Sampling is chunked and every finished chunk is written atomically into the stage's partial
@@ -34,9 +34,9 @@ from ..privacy.generation import (DIADM_STREAM, EDM_CLASS_STREAM, generate_confi
 from ..privacy.release import load_audit_dir, load_release_dir, make_release, save_release
 from ..privacy.filter_audit import filter_summary
 from ..privacy.roles import val_pairs_seed, veto_threshold
-from ..privacy.sample_filter import (classifier_fn_from, guidance_at, run_filter,
+from ..privacy.sample_filter import (RANKED, check_filter_params, classifier_fn_from, guidance_at, run_filter,
                                      verifier_defender_fn)
-from ..releases import RELEASES, release_stage
+from ..releases import FILTERED, RELEASES, release_stage
 from .classifier import load_classifier
 from .data import load_splits
 from .diffusion import load_codec, load_denoiser, load_guide
@@ -176,10 +176,14 @@ def release_diadm_raw_stage(ctx: StageContext) -> None:
 
 
 @stage("release_diadm_filter", keys=(*_SAMPLING_KEYS, "generate.filter"),
-       deps=("data", "encoder", "diffusion", "reid_defender", "classifier", "release_diadm_raw"), version=2)
+       deps=("data", "encoder", "diffusion", "reid_defender", "classifier", "release_diadm_raw"), version=3)
 def release_diadm_filter_stage(ctx: StageContext) -> None:
-    """DiADM + the privacy filter → ``diadm_filter/`` and ``diadm_filter_2nd/`` (with second bests)."""
+    """DiADM + the privacy filter → one directory per ``releases.FILTERED`` release (1, 2, 4 survivors)."""
     g = ctx.config["generate"]
+    keep, largest = check_filter_params(g["filter"])["keep"], max(FILTERED, key=lambda n: RELEASES[n].survivors)
+    if keep < RELEASES[largest].survivors:
+        raise ValueError(f"generate.filter.keep={keep} must be >= {RELEASES[largest].survivors}: release {largest} "
+                         f"keeps {RELEASES[largest].survivors} survivors per source")
     seed = int(ctx.config["seed"])
     train = load_splits(ctx.pipeline)["train"]
     sources = source_indices(len(train), g["n_sources"], seed)
@@ -193,10 +197,12 @@ def release_diadm_filter_stage(ctx: StageContext) -> None:
                         copy_fn=models.copy_fn)
     seconds = round(time.perf_counter() - start, 2)
     summary = filter_summary(result.audit)
-    for name, max_rank in (("diadm_filter", 0), ("diadm_filter_2nd", 1)):
-        images, src, rank = result.select(max_rank)
+    for name in FILTERED:
+        images, src, rank = result.select(RELEASES[name].survivors - 1)
         audit = result.audit.copy()
-        audit["released"] = audit["decision"].isin(["chosen"] if max_rank == 0 else ["chosen", "second_best"])
+        survivor_rank = audit["bce"].where(audit["decision"].isin(RANKED)).groupby(audit["source_index"]).rank(
+            method="first")  # 1 = chosen; ties in drawing order, as the filter breaks them
+        audit["released"] = survivor_rank <= RELEASES[name].survivors
         copy_thresholds = None if models.copy_veto is None else models.copy_veto.thresholds
         _finish(ctx, name, make_release(name, images, src, train, rank), src, audit, seconds=seconds,
                 solver=g["solver"], steps=g["steps"], filter=g["filter"], summary=summary,
@@ -218,7 +224,7 @@ def load_release(pipe: Pipeline, name: str) -> tuple[ImageSet, np.ndarray]:
 
 def load_audit(pipe: Pipeline, name: str = "diadm_filter") -> pd.DataFrame:
     """The filter's audit table (one row per drawn candidate + one per skipped source); column
-    ``released`` says what went into release ``name`` ("diadm_filter" or "diadm_filter_2nd")."""
+    ``released`` says what went into release ``name`` (one of ``releases.FILTERED``)."""
     return load_audit_dir(_release_dir(pipe, name))
 
 
