@@ -79,7 +79,7 @@ def main() -> None:
         row = {"σ": sigma, "val mean AUROC": auroc, "strongest": r["strongest_attacker"],
                "strongest risk": r["strongest_risk"], "strongest upper bound": r["strongest_risk_hi"]}
         row.update({f"{k} risk": r[f"{k}_risk"] for k in ("ball", "verifier", "pixels_ball", "encoder_ball",
-                                                             "defender_ball") if f"{k}_risk" in r})
+                                                             "public_encoder_ball", "defender_ball") if f"{k}_risk" in r})
         rows.append(row)
         print(row, flush=True)
     print()

@@ -299,3 +299,34 @@ def test_encoder_stage_writes_loadable_embeddings(tmp_path, monkeypatch):
         enc_stage.encoder_config({"encoder": {"stepz": 3}})
     with pytest.raises(ValueError, match="encoder.weights is set"):
         enc_stage.encoder_config({"encoder": {"weights": "w.safetensors"}})
+
+
+def test_attacker_encoder_trains_only_on_the_public_patients(tmp_path, monkeypatch):
+    """The attacker's encoder: the conditioning encoder's recipe on the auditor's public
+    population, with its own seed — none of the patients it trains on is audited."""
+    from trichotomy_lib import pipeline
+    from trichotomy_lib.stages import encoder as enc_stage
+
+    def fake_data(ctx):
+        for i, name in enumerate(("train", "val", "test")):
+            synthetic_images(n_patients=6, scans=2, seed=i).save(ctx.out / name)
+
+    def fake_populations(ctx):  # the auditor's population: other patients (ids "q…"), other images
+        public = synthetic_images(n_patients=5, scans=2, seed=9)
+        ImageSet(public.images, public.labels, np.char.replace(public.patient_ids, "p", "q"),
+                 np.char.replace(public.names, "p", "q")).save(ctx.out / "auditor")
+
+    import trichotomy_lib.stages  # noqa: F401
+    monkeypatch.setitem(pipeline.STAGES, "data", pipeline.Stage("data", fake_data, ("seed", "data")))
+    monkeypatch.setitem(pipeline.STAGES, "control_population",
+                        pipeline.Stage("control_population", fake_populations, ("seed",), deps=("data",)))
+    cfg = {"profile": "t", "seed": 3, "run_root": str(tmp_path), "data": {}, "encoder": {**TINY, "steps": 3}}
+    pipe = pipeline.Pipeline(cfg, run_dir=tmp_path, verbose=False)
+    attacker, own = enc_stage.load_attacker_encoder(pipe, device="cpu"), enc_stage.load_encoder(pipe, device="cpu")
+    assert set(enc_stage.attacker_encoder_patients(pipe)) == {f"q{p:03d}" for p in range(5)}
+    assert attacker.info["n_train_images"] == 10 and own.info["n_train_images"] == 12
+    assert attacker.info["seed"] != own.info["seed"]
+    x = enc_stage.load_splits(pipe)["train"].tensor()
+    assert not np.allclose(attacker.embed(x).numpy(), own.embed(x).numpy(), atol=1e-3)  # a different network
+    assert pipe.is_cached("attacker_encoder")
+    assert not pipeline.Pipeline({**cfg, "encoder": {**TINY, "steps": 4}}, run_dir=tmp_path).is_cached("attacker_encoder")

@@ -78,14 +78,17 @@ PRIVACY_DEFAULTS: dict = {
     "batch_size": 256,           # images per auditor forward pass
     # Attackers beyond the auditor's two: a ball predicate in each of these feature spaces
     # ("pixels": the whole image; "encoder": the pseudo-conditioning encoder the generator is
-    # conditioned on; "defender": the filter's own verifier). The headline is the strongest.
-    "attackers": ["pixels", "encoder", "defender"],
+    # conditioned on, which saw the training patients — more than an attacker holds;
+    # "public_encoder": the same recipe trained by the attacker on public patients, the fair
+    # version; "defender": the filter's own verifier). The headline is the strongest.
+    "attackers": ["pixels", "encoder", "public_encoder", "defender"],
     "reliability_seeds": 3,      # defenders (the filter's + retrained replicas) in the seed-agreement test (>= 1)
 }
-ATTACKER_SPACES = ("pixels", "encoder", "defender")
+ATTACKER_SPACES = ("pixels", "encoder", "public_encoder", "defender")
 # Row-field prefix of every attacker → its display name.
 ATTACKER_LABELS = {"ball": "auditor-embedding ball", "verifier": "auditor verdict", "pixels_ball": "pixel ball",
-                   "encoder_ball": "conditioning-encoder ball", "defender_ball": "defender-embedding ball"}
+                   "encoder_ball": "conditioning-encoder ball", "public_encoder_ball": "attacker's public-encoder ball",
+                   "defender_ball": "defender-embedding ball"}
 
 
 def privacy_config(cfg: dict) -> dict:

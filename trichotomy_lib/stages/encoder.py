@@ -1,4 +1,5 @@
-"""Stage ``encoder``: the pseudo-conditioning feature extractor and its cached embeddings.
+"""Stages ``encoder`` and ``attacker_encoder``: the pseudo-conditioning feature extractor and
+its cached embeddings, and the attacker's own copy of that recipe trained on public patients.
 
 DiADM (DESIGN step 4) conditions the diffusion model on a frozen embedding of each real
 training image. This stage builds that encoder — by default a SimCLR network trained on the
@@ -7,6 +8,14 @@ training split (``encoders.ssl``), or a backbone from a local weights file
 
 Artifacts: ``encoder.json`` (+ ``encoder.safetensors``), ``train_log.json`` (SSL losses),
 ``embeddings_<split>.npy`` (float32, (N, dim), rows of norm sqrt(dim)), in split order.
+
+An attacker does not hold the generator's encoder, which saw the training patients; what it can
+hold is the same public recipe trained on public data. ``attacker_encoder`` is that encoder:
+the ``encoder`` section's recipe, its own seed, trained on the auditor's population (fresh
+patients in no split and no privacy population, the stand-in for a public dataset; for file
+lists the documented auditor part of val + test). Its ball predicate is one of the attackers
+(``privacy.attackers: public_encoder``). Artifacts: the encoder and ``patients.npy`` (who it
+trained on, to check that the audited patients are not among them).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import time
 
 import numpy as np
 
+from .. import seeds
 from ..config import register_section
 from ..encoders.base import Encoder
 from ..encoders.config import encoder_config, ssl_hyperparameters
@@ -24,6 +34,7 @@ from ..encoders.store import Checkpoint, load_encoder_dir, save_encoder
 from ..io import atomic_path, atomic_write_json
 from ..pipeline import Pipeline, StageContext, stage
 from .data import SPLITS, load_splits
+from .populations import load_populations
 
 register_section("encoder")(encoder_config)
 
@@ -44,21 +55,54 @@ def encoder_stage(ctx: StageContext) -> None:
         encoder = torchvision_encoder(enc["backbone"], enc["weights"])
         save_encoder(encoder, ctx.out)
     else:
-        train = splits["train"]
-        start = time.perf_counter()
-        checkpoint = Checkpoint(ctx.out / "checkpoint.safetensors")
-        net, losses = train_ssl(train.tensor(), ssl_hyperparameters(enc), seed, checkpoint=checkpoint)
-        info = {"kind": "ssl", "method": "SimCLR (NT-Xent)", "hyperparameters": ssl_hyperparameters(enc),
-                "seed": seed, "n_train_images": len(train), "train_seconds": round(time.perf_counter() - start, 2)}
-        encoder = Encoder(net, enc["dim"], train.image_size, info)
-        atomic_write_json(ctx.out / "train_log.json", {"loss": losses})
-        save_encoder(encoder, ctx.out)
-        checkpoint.remove()
+        encoder = _train_ssl_encoder(splits["train"], enc, seed, ctx.out)
     for name in SPLITS:
         if name in splits:
             emb = encoder.embed(splits[name].tensor(), batch_size=enc["embed_batch_size"]).numpy().astype(np.float32)
             with atomic_path(ctx.out / f"embeddings_{name}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, emb, allow_pickle=False)
+
+
+def _train_ssl_encoder(images, enc: dict, seed: int, out) -> Encoder:
+    """SimCLR on ``images`` (an ImageSet) with the ``encoder`` recipe; resumes from ``out``'s checkpoint."""
+    start = time.perf_counter()
+    checkpoint = Checkpoint(out / "checkpoint.safetensors")
+    net, losses = train_ssl(images.tensor(), ssl_hyperparameters(enc), seed, checkpoint=checkpoint)
+    info = {"kind": "ssl", "method": "SimCLR (NT-Xent)", "hyperparameters": ssl_hyperparameters(enc),
+            "seed": seed, "n_train_images": len(images), "train_seconds": round(time.perf_counter() - start, 2)}
+    encoder = Encoder(net, enc["dim"], images.image_size, info)
+    atomic_write_json(out / "train_log.json", {"loss": losses})
+    save_encoder(encoder, out)
+    checkpoint.remove()
+    return encoder
+
+
+@stage("attacker_encoder", keys=("seed", "encoder"), deps=("control_population",), version=1)
+def attacker_encoder_stage(ctx: StageContext) -> None:
+    """The attacker's encoder: the ``encoder`` recipe, its own seed, on the auditor's public patients."""
+    enc = ctx.config["encoder"]
+    if enc["backbone"] is not None:  # a pre-trained public backbone: the attacker can hold it as it is
+        from ..encoders.backbone import torchvision_encoder
+
+        save_encoder(torchvision_encoder(enc["backbone"], enc["weights"]), ctx.out)
+        patients = np.zeros(0, dtype=str)
+    else:
+        public = load_populations(ctx.pipeline)["auditor"]
+        if not (ctx.out / "encoder.json").exists():  # an interrupted run already finished training
+            _train_ssl_encoder(public, enc, seeds.derive(int(ctx.config["seed"]), "attacker", "encoder"), ctx.out)
+        patients = np.unique(public.patient_ids).astype(str)
+    with atomic_path(ctx.out / "patients.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, patients, allow_pickle=False)
+
+
+def load_attacker_encoder(pipe: Pipeline, device=None) -> Encoder:
+    """The attacker's own encoder (``attacker_encoder``; computed on first use)."""
+    return load_encoder_dir(pipe.get("attacker_encoder"), device=device)
+
+
+def attacker_encoder_patients(pipe: Pipeline) -> np.ndarray:
+    """The patient ids the attacker's encoder was trained on."""
+    return np.load(pipe.get("attacker_encoder") / "patients.npy", allow_pickle=False)
 
 
 def load_encoder(pipe: Pipeline, device=None) -> Encoder:

@@ -27,7 +27,7 @@ from ..privacy.audit import EmbeddingCache, FeatureCache, pixel_features
 from ..privacy.pso import privacy_config
 from ..releases import CONTROLS, RELEASES, label, release_stages
 from .data import load_splits
-from .encoder import load_encoder
+from .encoder import load_attacker_encoder, load_encoder
 from .generate import copy_veto, defender_veto, load_release
 from .populations import load_populations
 from .reid import load_defender_replicas, load_verifier
@@ -56,8 +56,8 @@ def attacker_spaces(pipe: Pipeline, names) -> dict:
     for name in names:
         if name == "pixels":
             spaces[name] = FeatureCache(lambda s: pixel_features(s, params["nn_max_size"]))
-        elif name == "encoder":
-            encoder = load_encoder(pipe)
+        elif name in ("encoder", "public_encoder"):
+            encoder = load_encoder(pipe) if name == "encoder" else load_attacker_encoder(pipe)
             spaces[name] = FeatureCache(lambda s, e=encoder: e.embed(s.tensor(), batch_size=params["batch_size"]))
         elif name == "defender":
             defender = load_verifier(pipe, "defender")
@@ -68,8 +68,8 @@ def attacker_spaces(pipe: Pipeline, names) -> dict:
 
 
 @stage("privacy_eval", keys=("seed", "privacy"),
-       deps=("data", "encoder", "reid_defender", "reid_auditor", "control_population", *release_stages()),
-       version=4)
+       deps=("data", "encoder", "attacker_encoder", "reid_defender", "reid_auditor", "control_population",
+             *release_stages()), version=5)
 def privacy_eval_stage(ctx: StageContext) -> None:
     """Audit + singling-out attack of every release (controls first) → results table."""
     pipe = ctx.pipeline
@@ -94,7 +94,7 @@ def privacy_eval_stage(ctx: StageContext) -> None:
 
 
 @stage("privacy_controls", keys=("seed", "data", "privacy"),
-       deps=("data", "encoder", "reid_defender", "reid_auditor", "control_population"), version=1)
+       deps=("data", "encoder", "attacker_encoder", "reid_defender", "reid_auditor", "control_population"), version=2)
 def privacy_controls_stage(ctx: StageContext) -> None:
     """Every attacker on graded leaks of the training data and on the negative controls."""
     pipe = ctx.pipeline
