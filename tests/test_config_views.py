@@ -46,12 +46,13 @@ def test_bad_values_fail_when_the_pipeline_is_built(tmp_path):
         Pipeline({**base, "encoder": {"stepz": 3}}, run_dir=tmp_path)
 
 
-def _stand_in_sampler(pipe, mode, conditions, progress=False, solver=None, steps=None):
-    """A sampler that writes (source, guidance) into the image, so the test can read them back."""
+def _stand_in_sampler(pipe, mode, conditions, progress=False, solver=None, steps=None, guide=None):
+    """A sampler that writes (source, guidance, guide) into the image, so the test can read them back."""
     def fn(sources, sample_seeds, guidance):
         x = torch.zeros(len(sources), 1, 8, 8)
         x[:, 0, 0, 0] = torch.as_tensor(np.asarray(sources), dtype=torch.float32) / 100
         x[:, 0, 0, 1] = guidance / 10
+        x[:, 0, 0, 2] = 0.5 if guide == "early" else 0.0
         return x
     return fn
 
@@ -79,11 +80,15 @@ def test_a_valid_guidance_schedule_runs_every_release_stage_that_reads_part_of_i
     generate.filter.guidance must read the resolved value, not rebuild the section from it."""
     cfg = {**config.resolve("smoke"), "generate": {"filter": {"guidance": 0.9, "guidance_floor": 0.7}}}
     pipe = Pipeline(cfg, run_dir=fake_upstream, verbose=False)
-    for name, guidance in (("edm_class", 0.9), ("diadm_raw", 0.9)):
+    for name, guidance in (("edm_class", 0.9), ("diadm_raw", 0.9), ("edm_class_autoguide", 0.9),
+                           ("diadm_raw_autoguide", 0.9)):
         release, source_index = gen_stage.load_release(pipe, name)
         assert len(release) == 10 and np.array_equal(source_index, np.arange(10))
         assert np.allclose(release.images[:, 0, 1] / 255 * 2 - 1, guidance / 10, atol=0.01), name
         assert gen_stage.release_info(pipe, name)["guidance"] == guidance
+        autoguided = name.endswith("_autoguide")  # the twins sample with the early checkpoint as the guide
+        assert np.allclose(release.images[:, 0, 2] / 255 * 2 - 1, 0.5 if autoguided else 0.0, atol=0.01), name
+        assert gen_stage.release_info(pipe, name)["guide"] == ("early" if autoguided else "uncond")
 
 
 def test_a_stage_that_reads_an_undeclared_key_or_stage_fails(fake_upstream, monkeypatch):

@@ -1,5 +1,9 @@
 """The release registry: every set of images the project evaluates, in the paper's order.
 
+The paper code's four generation modes are the two conditionings (class labels, DiADM
+embeddings) × two guides (classifier-free: the network's own unconditional mode; autoguidance:
+an early checkpoint of the same network), each drawn from the same per-sample seeds.
+
 A *release* is one synthetic image per source (a real training image), labelled with the
 source's labels (DESIGN step 6); the filter's larger releases keep up to ``survivors`` distinct
 survivors per source, best first. The two *controls* are not generated: the positive control
@@ -29,8 +33,12 @@ class Release:
 RELEASES: dict[str, Release] = {r.name: r for r in (
     Release("edm_class", "release_edm_class", "EDM class-conditional",
             "class-conditional EDM baseline: conditioned on the source's labels, no filter"),
+    Release("edm_class_autoguide", "release_autoguide", "EDM class-conditional, autoguidance",
+            "edm_class with the network's early checkpoint as the guide instead of its unconditional mode"),
     Release("diadm_raw", "release_diadm_raw", "DiADM raw (no filter)",
             "DiADM: conditioned on the source's embedding, the first candidate, no filter"),
+    Release("diadm_raw_autoguide", "release_autoguide", "DiADM raw, autoguidance",
+            "diadm_raw with the network's early checkpoint as the guide instead of its unconditional mode"),
     Release("diadm_filter", "release_diadm_filter", "DiADM + filter",
             "DiADM + privacy filter: the most label-consistent candidate that passes every veto"),
     Release("diadm_filter_2nd", "release_diadm_filter", "DiADM + filter + 2nd best",

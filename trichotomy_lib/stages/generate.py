@@ -1,4 +1,4 @@
-"""Stages ``release_edm_class``, ``release_diadm_raw``, ``release_diadm_filter``: the synthetic
+"""Stages ``release_edm_class``, ``release_diadm_raw``, ``release_autoguide``, ``release_diadm_filter``: the synthetic
 releases (DESIGN step 6; the registry is ``releases.RELEASES``, the settings ``privacy.generation``).
 
 The filter releases (``releases.FILTERED``: 1, 2 and 4 survivors per source) come from one run
@@ -50,16 +50,17 @@ _SAMPLING_KEYS = ("seed", "generate.n_sources", "generate.solver", "generate.ste
 
 
 def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: bool = False,
-                   solver: str | None = None, steps: int | None = None):
+                   solver: str | None = None, steps: int | None = None, guide: str | None = None):
     """``fn(sources, seeds, guidance)`` of the trained denoiser serving ``mode`` ("class" with
     labels, "pseudo" with embeddings, indexed by source), with the profile's ``generate``
-    sampler settings (``solver``/``steps`` override them); pseudo-conditions get the profile's
+    sampler settings (``solver``/``steps``/``guide`` override them: guide "uncond" is
+    classifier-free, "early" autoguidance); pseudo-conditions get the profile's
     ``generate.condition_noise``."""
     g = pipe.cfg["generate"]
     if mode == "pseudo" and g["condition_noise"]:
         conditions = noisy_conditions(conditions, g["condition_noise"], int(pipe.cfg["seed"]))
     return conditional_sampler(load_denoiser(pipe, mode), conditions, "labels" if mode == "class" else "embedding",
-                               guide_net=load_guide(pipe, mode, g["guide"]), codec=load_codec(pipe),
+                               guide_net=load_guide(pipe, mode, guide or g["guide"]), codec=load_codec(pipe),
                                solver=solver or g["solver"], steps=steps or g["steps"], batch_size=g["batch_size"],
                                progress=progress)
 
@@ -143,20 +144,26 @@ def _finish(ctx: StageContext, name: str, release: ImageSet, source_index, audit
                                                         "seconds": seconds, **info})
 
 
-def _single_sample_release(ctx: StageContext, name: str, mode: str, conditions, stream_tags, guidance: float) -> None:
-    """One sample per source from stream ``stream_tags`` (attempt 0, candidate 0) at ``guidance``."""
+def _single_sample_release(ctx: StageContext, name: str, mode: str, conditions, stream_tags, guidance: float,
+                           guide: str | None = None) -> None:
+    """One sample per source from stream ``stream_tags`` (attempt 0, candidate 0) at ``guidance``
+    (``guide``: None = the profile's ``generate.guide``)."""
+    if (ctx.out / name / "release.json").exists():  # finished before an interruption
+        return
     g = ctx.config["generate"]
     seed = int(ctx.config["seed"])
     train = load_splits(ctx.pipeline)["train"]
     sources = source_indices(len(train), g["n_sources"], seed)
     start = time.perf_counter()
-    fn = make_sample_fn(ctx.pipeline, mode, conditions(train))
+    fn = make_sample_fn(ctx.pipeline, mode, conditions(train), guide=guide)
     stream = seeds.stream_id(seed, *stream_tags)
-    images = _sample_chunked(ctx.out / "chunks", sources, lambda s: fn(s, seeds.sample_seeds(stream, s), guidance),
-                             g["filter"]["chunk_size"], name)
+    images = _sample_chunked(ctx.out / "chunks" / name, sources,
+                             lambda s: fn(s, seeds.sample_seeds(stream, s), guidance), g["filter"]["chunk_size"], name)
     _finish(ctx, name, make_release(name, images, sources, train), sources, seconds=round(time.perf_counter() - start, 2),
-            guidance=guidance, solver=g["solver"], steps=g["steps"])
-    shutil.rmtree(ctx.out / "chunks")
+            guidance=guidance, solver=g["solver"], steps=g["steps"], guide=guide or g["guide"])
+    shutil.rmtree(ctx.out / "chunks" / name)
+    if not any((ctx.out / "chunks").iterdir()):
+        (ctx.out / "chunks").rmdir()
 
 
 @stage("release_edm_class", keys=(*_SAMPLING_KEYS, "generate.class_guidance", "generate.filter.chunk_size"),
@@ -173,6 +180,19 @@ def release_diadm_raw_stage(ctx: StageContext) -> None:
     """DiADM without the filter: the filter's first candidate (attempt 0, candidate 0) per source."""
     _single_sample_release(ctx, "diadm_raw", "pseudo", lambda train: load_embeddings(ctx.pipeline, "train"),
                            DIADM_STREAM, ctx.config["generate.filter.guidance"])
+
+
+@stage("release_autoguide", keys=(*_SAMPLING_KEYS, "generate.class_guidance", "generate.filter.guidance",
+                                 "generate.filter.chunk_size"), deps=("data", "encoder", "diffusion"), version=1)
+def release_autoguide_stage(ctx: StageContext) -> None:
+    """``edm_class`` and ``diadm_raw`` again with autoguidance: the same conditions, seeds and
+    guidance weight, the guide being the network's early EMA checkpoint (``diffusion.train.guide_step``)
+    instead of its unconditional mode — so each pair differs in the guide alone. (Under
+    ``generate.guide: early`` both pairs coincide.)"""
+    _single_sample_release(ctx, "edm_class_autoguide", "class", lambda train: train.labels.astype(np.float32),
+                           EDM_CLASS_STREAM, ctx.config["generate.class_guidance"], guide="early")
+    _single_sample_release(ctx, "diadm_raw_autoguide", "pseudo", lambda train: load_embeddings(ctx.pipeline, "train"),
+                           DIADM_STREAM, ctx.config["generate.filter.guidance"], guide="early")
 
 
 @stage("release_diadm_filter", keys=(*_SAMPLING_KEYS, "generate.filter"),
