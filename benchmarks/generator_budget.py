@@ -4,11 +4,14 @@
                                                                          #  after a reproduction; the 3000-step point is cached)
     .venv/bin/python benchmarks/generator_budget.py --steps 1000 3000 --guidances 2.0   # fewer points
     .venv/bin/python benchmarks/generator_budget.py --set diffusion.train.p_mean=-0.8   # + any other lever
+    .venv/bin/python benchmarks/generator_budget.py --set diffusion.train.batch_size=64 diffusion.train.steps=1500
+                                                        # several changes in one point (equal compute)
     .venv/bin/python benchmarks/generator_budget.py --profile smoke --steps 20 40 --guidances 2.0   # (~1 min)
 
 Each point is the profile with one lever changed (``diffusion.train.steps``;
 ``generate.class_guidance`` and ``generate.filter.guidance`` together at the profile's steps; or
-any setting given with ``--set``, e.g. width, batch, learning rate, EMA length, P_mean/P_std), run through
+any settings given with one ``--set``, e.g. width, batch, learning rate, EMA length, P_mean/P_std, the
+guide; width or batch with the steps scaled down compare levers at equal compute), run through
 the project's own cached stages (``--run-root``, default the profile's: a point the reproduction
 already computed is read, not recomputed). For every point two releases are drawn from the
 same trained denoiser — EDM class-conditional (conditioned on the source's labels) and DiADM
@@ -102,9 +105,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="*", default=[1000, 3000, 6000], help="diffusion training steps")
     ap.add_argument("--guidances", type=float, nargs="*", default=[2.0, 3.0],
                     help="guidance w of both releases at the profile's steps (class_guidance and filter.guidance)")
-    ap.add_argument("--set", dest="levers", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="one more point with any other setting changed, e.g. diffusion.train.p_mean=-0.8 or "
-                         "diffusion.network.channels=[48,96,192] (repeatable; one point each)")
+    ap.add_argument("--set", dest="levers", action="append", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                    help="one more point with these settings changed, e.g. diffusion.train.p_mean=-0.8 or "
+                         "diffusion.network.channels=[48,96,192] diffusion.train.steps=1333 (repeatable; one point each)")
     ap.add_argument("--seeds", type=int, default=1, help="classifier seeds per row (>= 1)")
     ap.add_argument("--out", default=None,
                     help=f"output stem (.md, .csv); default <figures_dir>/{GENERATOR_BUDGET}, which notebook 07 reads")
@@ -117,9 +120,11 @@ def main() -> None:
         print(f"== guidance {w}", flush=True)
         rows += measure(point_config(args.profile, args.run_root, args.seeds, ("generate.class_guidance", w),
                                      ("generate.filter.guidance", w)), "guidance", w)
-    for key, value in map(parse_set, args.levers):
-        print(f"== {key} = {value}", flush=True)
-        rows += measure(point_config(args.profile, args.run_root, args.seeds, (key, value)), key, value)
+    for point in args.levers:
+        changes = [parse_set(text) for text in point]
+        lever, value = " + ".join(k for k, _ in changes), " + ".join(str(v) for _, v in changes)
+        print(f"== {lever} = {value}", flush=True)
+        rows += measure(point_config(args.profile, args.run_root, args.seeds, *changes), lever, value)
     for steps in args.steps:
         print(f"== steps {steps}", flush=True)
         rows += measure(point_config(args.profile, args.run_root, args.seeds, ("diffusion.train.steps", steps)),

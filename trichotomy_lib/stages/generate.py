@@ -1,8 +1,10 @@
-"""Stages ``release_edm_class``, ``release_diadm_raw``, ``release_autoguide``, ``release_diadm_filter``: the synthetic
-releases (DESIGN step 6; the registry is ``releases.RELEASES``, the settings ``privacy.generation``).
+"""Stages ``release_edm_class``, ``release_diadm_raw``, ``release_autoguide``,
+``release_diadm_filter``: the synthetic releases (DESIGN step 6; the registry is
+``releases.RELEASES``, the settings ``privacy.generation``).
 
 The filter releases (``releases.FILTERED``: 1, 2 and 4 survivors per source) come from one run
-of the filter, nested: each keeps a source's best survivors, the larger ones more of them. Each release directory (``privacy.release``) holds an ``ImageSet``,
+of the filter, nested: each keeps a source's best survivors, the larger ones more of them. Each
+release directory (``privacy.release``) holds an ``ImageSet``,
 ``source_index.npy`` and, for the filtered ones, ``audit.csv``: these link every sample to its
 source and stay in the private run directory (``trichotomy release`` exports a shareable copy).
 Sampling is chunked and every finished chunk is written atomically into the stage's partial
