@@ -36,7 +36,7 @@ from ..privacy.generation import (DIADM_STREAM, EDM_CLASS_STREAM, generate_confi
 from ..privacy.release import load_audit_dir, load_release_dir, make_release, save_release
 from ..privacy.filter_audit import filter_summary
 from ..privacy.roles import val_pairs_seed, veto_threshold
-from ..privacy.sample_filter import (RANKED, check_filter_params, classifier_fn_from, guidance_at, run_filter,
+from ..privacy.sample_filter import (RANKED, classifier_fn_from, guidance_at, run_filter,
                                      verifier_defender_fn)
 from ..releases import FILTERED, RELEASES, release_stage
 from .classifier import load_classifier
@@ -202,7 +202,7 @@ def release_autoguide_stage(ctx: StageContext) -> None:
 def release_diadm_filter_stage(ctx: StageContext) -> None:
     """DiADM + the privacy filter → one directory per ``releases.FILTERED`` release (1, 2, 4 survivors)."""
     g = ctx.config["generate"]
-    keep, largest = check_filter_params(g["filter"])["keep"], max(FILTERED, key=lambda n: RELEASES[n].survivors)
+    keep, largest = g["filter"]["keep"], max(FILTERED, key=lambda n: RELEASES[n].survivors)
     if keep < RELEASES[largest].survivors:
         raise ValueError(f"generate.filter.keep={keep} must be >= {RELEASES[largest].survivors}: release {largest} "
                          f"keeps {RELEASES[largest].survivors} survivors per source")
