@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import default_device
+from ..device import channels_last, default_device
 from ..checkpoint import save_weights
 from ..io import atomic_write_json
 from . import reid_score
@@ -160,6 +160,7 @@ class Verifier(nn.Module):
         # than a random sign per dimension: avoids the long initial plateau of siamese BCE.
         with torch.no_grad():
             self.head.weight.copy_(-self.head.weight.abs())
+        channels_last(self)  # NHWC convolutions: the same values, faster on CPU (device.channels_last)
 
     # -- the network ----------------------------------------------------------------------
     @property

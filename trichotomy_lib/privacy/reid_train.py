@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from .. import seeds
 from ..data.imageset import ImageSet
-from ..device import default_device
+from ..device import autocast, default_device, resolve_precision
 from ..checkpoint import load_training_state, remove_training_state, save_training_state
 from .reid_model import MODEL_DEFAULTS, Verifier
 
@@ -40,6 +40,9 @@ REID_DEFAULTS: dict = {
     "batch_size": 64,           # pairs per step (2×images through the encoder)
     "lr": 1e-3,                 # Adam learning rate
     "weight_decay": 0.0,        # Adam L2 penalty
+    "precision": "fp32",        # training step: "fp32", "bf16" (autocast) or "auto" (bf16 where the device has it
+                                #   natively, ``device.native_bf16``); embeddings are always computed in fp32. fp32:
+                                #   bf16 trains the default verifier no faster end to end (``benchmarks/precision.py``)
     "max_pos_per_patient": 45,  # cap on same-patient pairs per patient (None: all n(n−1)/2)
     "max_pairs_per_epoch": None,  # subsample this many pairs per epoch (None: all)
     "fresh_negatives": True,    # draw new random different-patient pairs every epoch (same count)
@@ -205,6 +208,7 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
         val_pairs = sample_pairs(val.patient_ids, seeds.derive(seed, "val_pairs"), split="val")
 
     device = default_device()
+    precision = resolve_precision(p["precision"], device, "reid.precision")
     arch = {k: p[k] for k in MODEL_DEFAULTS if k in p}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeds.derive(seed, "init"))
@@ -213,7 +217,7 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
     opt = torch.optim.Adam(model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
 
     history = {"loss": [], "val_auroc": [], "best_epoch": -1, "best_val_auroc": -math.inf,
-               "n_pairs": len(pairs), "n_pos": pairs.n_pos, "n_val_pairs": len(val_pairs)}
+               "n_pairs": len(pairs), "n_pos": pairs.n_pos, "n_val_pairs": len(val_pairs), "precision": precision}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state_file = Path(checkpoint_dir) / TRAINING_STATE_FILE if checkpoint_dir is not None else None
     start = 0
@@ -244,8 +248,9 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
             idx = order[s:s + bs]
             x = torch.cat([train.tensor(epoch_pairs.a[idx]), train.tensor(epoch_pairs.b[idx])])
             x = augment(x, p, g).to(device)
-            e = model.embedding(x)                     # one pass over both sides (shared encoder)
-            logits = model.head_logits(e[: len(idx)], e[len(idx):])
+            with autocast(device, precision):
+                e = model.embedding(x)                 # one pass over both sides (shared encoder)
+                logits = model.head_logits(e[: len(idx)], e[len(idx):]).float()
             y = torch.from_numpy(epoch_pairs.label[idx]).float().to(device)
             loss = F.binary_cross_entropy_with_logits(logits, y)
             opt.zero_grad(set_to_none=True)

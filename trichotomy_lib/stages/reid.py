@@ -12,7 +12,8 @@ import json
 
 import numpy as np
 
-from ..config import register_section, section
+from ..config import ConfigError, register_section, section
+from ..device import PRECISIONS
 from ..io import atomic_path
 from ..jobs import run_jobs
 from ..pipeline import Pipeline, StageContext, stage
@@ -28,8 +29,11 @@ _KEYS = ("seed", "data", *(f"reid.{k}" for k in TRAIN_KEYS if k != "auditor_pati
 
 @register_section("reid")
 def reid_config(cfg: dict) -> dict:
-    """The ``reid`` section over ``REID_DEFAULTS`` (unknown keys rejected, naming them)."""
-    return section(cfg, "reid", REID_DEFAULTS)
+    """The ``reid`` section over ``REID_DEFAULTS`` (unknown keys and an unknown precision rejected, naming them)."""
+    merged = section(cfg, "reid", REID_DEFAULTS)
+    if merged["precision"] not in PRECISIONS:
+        raise ConfigError(f"reid.precision={merged['precision']!r}: choose one of {list(PRECISIONS)}")
+    return merged
 
 
 def _save_npy(path, array) -> None:

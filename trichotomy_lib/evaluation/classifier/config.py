@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ... import config as config_mod
+from ...device import PRECISIONS
 from .nets import ARCHS
 
 # Preset for PhantomCXR at 32 px on CPU (the profiles override what they need).
@@ -18,6 +19,8 @@ CLASSIFIER_DEFAULTS: dict = {
     "lr": 2e-3,             # Adam learning rate, > 0 (paper: 1e-4 for DenseNet-121)
     "lr_schedule": "cosine",# "constant" (paper) or "cosine" (decay to 0 over `epochs`, per step)
     "weight_decay": 0.0,    # Adam (L2) weight decay (>= 0)
+    "precision": "auto",    # training step: "fp32", "bf16" (autocast) or "auto" (bf16 where the device
+                            #   has it natively, ``device.native_bf16``); predictions are always fp32
     "augment": {            # light augmentation, drawn per image from the seed (no flips by default:
         "translate": 0.06,  #   the heart is on the left) — max shift, fraction of the image side (0: off)
         "scale": 0.05,      #   max zoom in/out, fraction (0: off)
@@ -52,6 +55,8 @@ def classifier_config(cfg: dict | None) -> dict:
         raise config_mod.ConfigError(f"classifier.patience={merged['patience']!r}: must be None or an integer >= 1")
     if merged["lr_schedule"] not in ("constant", "cosine"):
         raise config_mod.ConfigError(f"classifier.lr_schedule={merged['lr_schedule']!r}: choose 'constant' or 'cosine'")
+    if merged["precision"] not in PRECISIONS:
+        raise config_mod.ConfigError(f"classifier.precision={merged['precision']!r}: choose one of {list(PRECISIONS)}")
     if not merged["lr"] > 0:
         raise config_mod.ConfigError(f"classifier.lr={merged['lr']!r}: must be > 0")
     return merged

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ...data.imageset import N_LABELS
+from ...device import channels_last
 
 ARCHS = ("cnn", "densenet121")
 
@@ -108,12 +109,14 @@ def build_densenet121(weights: str | os.PathLike | None = None, n_out: int = N_L
 
 
 def build_net(hparams: dict, weights: str | os.PathLike | None = None) -> nn.Module:
-    """The network named by ``hparams["arch"]`` (with ``width``/``depth`` for ``cnn``)."""
+    """The network named by ``hparams["arch"]`` (with ``width``/``depth`` for ``cnn``), its
+    convolution weights in channels-last layout (``device.channels_last``: the same values,
+    NHWC convolutions, faster on CPU; saved files are contiguous)."""
     arch = hparams["arch"]
     if arch == "cnn":
-        return SmallCNN(int(hparams["width"]), int(hparams["depth"]))
+        return channels_last(SmallCNN(int(hparams["width"]), int(hparams["depth"])))
     if arch == "densenet121":
-        return build_densenet121(weights)
+        return channels_last(build_densenet121(weights))
     raise ValueError(f"classifier.arch={arch!r}: unknown; choose one of {list(ARCHS)}")
 
 

@@ -31,7 +31,7 @@ from ... import config as config_mod
 from ... import seeds
 from ...checkpoint import load_training_state, save_training_state
 from ...data.imageset import LABELS, N_LABELS, ImageSet
-from ...device import default_device
+from ...device import autocast, default_device, resolve_precision
 from ...io import to_jsonable
 from .config import classifier_config
 from .metrics import mean_bce
@@ -155,6 +155,7 @@ def fit_classifier(
     if cfg["arch"] == "cnn" and min(shape) < 2 ** cfg["depth"]:
         raise ValueError(f"fit_classifier: classifier.depth={cfg['depth']} halves {shape} images below 1 pixel")
 
+    precision = resolve_precision(cfg["precision"], device, "classifier.precision")
     with torch.random.fork_rng(devices=[]):  # initialisation from the seed, global RNG untouched
         torch.manual_seed(seed)
         net = build_net(hparams, _weights_path(cfg["weights"])).to(device)
@@ -192,7 +193,9 @@ def fit_classifier(
                 group["lr"] = learning_rate(cfg, epoch * steps_per_epoch + step, cfg["epochs"] * steps_per_epoch)
             idx = np.sort(idx)  # sorted reads from memory-mapped images; the batch is a set
             x = augment(train_set.tensor(idx), gen, cfg["augment"]).to(device)
-            loss = F.binary_cross_entropy_with_logits(net(x), labels[idx].to(device))
+            with autocast(device, precision):
+                logits = net(x)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -217,6 +220,6 @@ def fit_classifier(
     net.load_state_dict(best_state)
     net.eval()
     info = {"seed": seed, "config": copy.deepcopy(cfg), "n_train": len(train_set), "n_val": len(val_set),
-            "n_parameters": n_parameters(net), "device": str(device)}
+            "n_parameters": n_parameters(net), "device": str(device), "precision": precision}
     return Classifier(net, hparams, history, best_epoch, info)
 
