@@ -16,6 +16,10 @@ the raw DiADM sampler (one draw per source, guidance g_0) of the trained ``defau
   samples (the test split stays for notebook 07).
 
     python benchmarks/condition_noise.py --profile default 0 0.5 1 1.5 2
+    python benchmarks/condition_noise.py --labels both 1      # σ = 1, with and without the source's labels
+
+``--labels`` also measures DiADM conditioned on the source's labels beside the noised embedding
+(``generate.condition_labels``): "off" (the profile's DiADM, embedding only), "on", or "both".
 
 Run it after ``trichotomy reproduce --profile default`` has trained the models (it reads the
 pipeline's cache).
@@ -53,9 +57,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sigmas", nargs="+", type=float)
     ap.add_argument("--profile", default="default")
+    ap.add_argument("--labels", choices=("off", "on", "both"), default="off",
+                    help="condition on the source's labels too (generate.condition_labels): off, on, or both arms")
     args = ap.parse_args()
     # the noise is applied here, per σ: the profile's own condition_noise is switched off
-    pipe = Pipeline(config.deep_merge(config.resolve(args.profile), {"generate": {"condition_noise": 0.0}}), verbose=False)
+    base = config.resolve(args.profile)
+    pipes = {flag: Pipeline(config.deep_merge(base, {"generate": {"condition_noise": 0.0, "condition_labels": flag}}),
+                            verbose=False)
+             for flag in {"off": (False,), "on": (True,), "both": (False, True)}[args.labels]}
+    pipe = next(iter(pipes.values()))
     cfg, seed = pipe.cfg, int(pipe.cfg["seed"])
     splits = load_splits(pipe)
     train = splits["train"]
@@ -69,21 +79,22 @@ def main() -> None:
     sample_seeds = seeds.sample_seeds(seeds.stream_id(seed, "benchmark", "condition_noise"), sources)
     guidance = guidance_at(0, cfg["generate"]["filter"])
     rows = []
-    for sigma in args.sigmas:
-        fn = make_sample_fn(pipe, "pseudo", noisy_conditions(emb, sigma, seed))
-        release = make_release(f"sigma{sigma:g}", images_to_uint8(fn(sources, sample_seeds, guidance)), sources, train)
+    for sigma, (with_labels, arm) in ((s, a) for s in args.sigmas for a in pipes.items()):
+        fn = make_sample_fn(arm, "pseudo", noisy_conditions(emb, sigma, seed))
+        name = f"sigma{sigma:g}" + ("_labels" if with_labels else "")
+        release = make_release(name, images_to_uint8(fn(sources, sample_seeds, guidance)), sources, train)
         r = attack_release(release, sources, train, calib["control"], auditor, {"seed": seed, "privacy": cfg["privacy"]},
-                           heldout=calib["weight"], embed=embed, name=f"sigma{sigma:g}", spaces=spaces)
+                           heldout=calib["weight"], embed=embed, name=name, spaces=spaces)
         _, probs = train_and_predict(release, splits["val"], splits["val"], classifier_recipe(cfg), seed, progress=False)
         auroc = auroc_table(splits["val"].labels, probs, n_boot=0).loc["mean", "auroc"]
-        row = {"σ": sigma, "val mean AUROC": auroc, "strongest": r["strongest_attacker"],
+        row = {"σ": sigma, "labels": with_labels, "val mean AUROC": auroc, "strongest": r["strongest_attacker"],
                "strongest risk": r["strongest_risk"], "strongest upper bound": r["strongest_risk_hi"]}
         row.update({f"{k} risk": r[f"{k}_risk"] for k in ("ball", "verifier", "pixels_ball", "encoder_ball",
                                                              "public_encoder_ball", "defender_ball") if f"{k}_risk" in r})
         rows.append(row)
         print(row, flush=True)
     print()
-    print(to_markdown(pd.DataFrame(rows).set_index("σ"), ".3f"))
+    print(to_markdown(pd.DataFrame(rows).set_index(["σ", "labels"]), ".3f"))
 
 
 if __name__ == "__main__":

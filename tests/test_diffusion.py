@@ -314,6 +314,22 @@ def test_stage_trains_saves_and_samples_every_mode(tmp_path):
     assert x.shape == (2, 1, 16, 16) and torch.equal(x[1:], y)
     with pytest.raises(ValueError, match="needs embedding"):
         sample_images(pipe, "pseudo", [1])
+
+    # generate.condition_labels: DiADM's condition holds the source's labels beside its embedding
+    from trichotomy_lib.config import deep_merge
+    from trichotomy_lib.pipeline import Pipeline
+    from trichotomy_lib.stages.generate import make_sample_fn
+
+    with_labels = Pipeline(deep_merge(cfg, {"generate": {"condition_labels": True}}), verbose=False)
+    rows, seeds_ = np.array([3, 0]), np.array([5, 6])
+    plain = make_sample_fn(pipe, "pseudo", emb.numpy())(rows, seeds_, 1.0)
+    both = make_sample_fn(with_labels, "pseudo", emb.numpy())(rows, seeds_, 1.0)
+    g = with_labels.cfg["generate"]
+    direct = sample(dstage.load_denoiser(pipe, "pseudo"), {"embedding": emb[rows], "labels": torch.as_tensor(labels[rows])},
+                    seeds_, steps=g["steps"], guidance=1.0, solver=g["solver"])
+    assert torch.equal(both, direct) and not torch.equal(both, plain)  # the training row's labels, given
+    with pytest.raises(ConfigError, match="condition_labels must be true or false"):
+        Pipeline(deep_merge(cfg, {"generate": {"condition_labels": "yes"}}), verbose=False)
     with pytest.raises(ConfigError, match="diffusion.models"):
         dstage.diffusion_config({"diffusion": {"models": ["joint", "class"]}})
     with pytest.raises(ConfigError, match="diffusion.typo"):
@@ -349,6 +365,12 @@ def test_the_paper_path_separate_models_in_latent_space(tmp_path):
     assert dstage.load_denoiser(pipe, "class").config.embed_dim == 0       # separate networks, one input each
     assert dstage.load_guide(pipe, "pseudo", "uncond").config.label_dim == 0   # the paper's guide: the uncond model
     assert dstage.load_codec(pipe) is not None
+    from trichotomy_lib.config import ConfigError, deep_merge
+    from trichotomy_lib.pipeline import Pipeline
+
+    with pytest.raises(ConfigError, match="condition_labels.*no label input"):  # separate models: no label input
+        make_sample_fn(Pipeline(deep_merge(cfg, {"generate": {"condition_labels": True}}), verbose=False), "pseudo",
+                       emb.numpy())
     fn = make_sample_fn(pipe, "pseudo", emb.numpy())
     x = fn(np.array([0, 1, 2]), np.array([5, 6, 7]), 1.4)
     assert x.shape == (3, 1, 16, 16) and x.min() >= -1 and x.max() <= 1   # decoded to pixels

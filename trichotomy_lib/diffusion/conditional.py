@@ -24,7 +24,7 @@ from .sampler import sample
 __all__ = ["conditional_sampler"]
 
 
-def conditional_sampler(net, conditions, key: str, *, guide_net=None, codec=None, solver: str = "dpm",
+def conditional_sampler(net, conditions, key: str, *, labels=None, guide_net=None, codec=None, solver: str = "dpm",
                         steps: int = 10, batch_size: int = 256, progress: bool = False,
                         **schedule) -> Callable:
     """``fn(sources (n,) int, seeds (n,) int, guidance float) → (n, 1, H, W)`` in [-1, 1].
@@ -33,6 +33,9 @@ def conditional_sampler(net, conditions, key: str, *, guide_net=None, codec=None
         net: the trained ``Denoiser`` (EMA weights, eval mode).
         conditions: (N_sources, L) labels (``key="labels"``) or (N_sources, D) embeddings
             (``key="embedding"``), indexed by source.
+        labels: None, or with ``key="embedding"`` the (N_sources, L) labels of the same sources,
+            given to the network beside the embedding (a joint network's two inputs at once; the
+            guide drops both).
         guide_net: None = classifier-free guidance with ``net``'s unconditional mode; a network =
             that network as the guide (separate unconditional model, or autoguidance).
         codec: a ``LatentCodec`` for latent diffusion (decodes to pixels), None in pixel space.
@@ -42,12 +45,19 @@ def conditional_sampler(net, conditions, key: str, *, guide_net=None, codec=None
     """
     if key not in ("labels", "embedding"):
         raise ValueError(f"key must be 'labels' or 'embedding', got {key!r}")
-    cond_all = torch.as_tensor(np.asarray(conditions), dtype=torch.float32)
-    if cond_all.ndim != 2:
-        raise ValueError(f"conditions must be 2-D (sources, features), got shape {tuple(cond_all.shape)}")
+    cond_all = {key: torch.as_tensor(np.asarray(conditions), dtype=torch.float32)}
+    if labels is not None:
+        if key != "embedding":
+            raise ValueError(f"labels are an extra condition of key='embedding', got key={key!r}")
+        cond_all["labels"] = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+    for name, c in cond_all.items():
+        if c.ndim != 2 or len(c) != len(cond_all[key]):
+            raise ValueError(f"{name} conditions must be 2-D (sources, features) with one row per source "
+                             f"({len(cond_all[key])}), got shape {tuple(c.shape)}")
 
     def fn(sources, seeds, guidance):
-        x = sample(net, {key: cond_all[torch.as_tensor(np.asarray(sources), dtype=torch.long)]}, seeds, steps=steps,
+        rows = torch.as_tensor(np.asarray(sources), dtype=torch.long)
+        x = sample(net, {k: c[rows] for k, c in cond_all.items()}, seeds, steps=steps,
                    guidance=guidance, guide_net=guide_net if guidance != 1.0 else None, solver=solver,
                    batch_size=batch_size, clamp=codec is None, progress=progress, **schedule)
         return codec.decode(x) if codec is not None else x

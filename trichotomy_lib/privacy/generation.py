@@ -29,6 +29,9 @@ GENERATE_DEFAULTS: dict = {
     "class_guidance": None,  # guidance of edm_class (None: filter.guidance, the DiADM releases' first attempt)
     "batch_size": 256,       # samples per forward pass (does not change any image)
     "condition_noise": 0.0,  # σ >= 0: DiADM is conditioned on sqrt(D)·(e + σn)/‖e + σn‖ (noisy_conditions); 0: on e
+    "condition_labels": False,  # True: DiADM's condition also holds its source's labels (the joint network's label
+                             #   input, beside the embedding) — labels every release carries anyway; False: the paper's
+                             #   DiADM, the embedding alone
     "filter": {},            # sample_filter.FILTER_DEFAULTS overrides (K, rounds, guidance schedule, veto, ...)
 }
 
@@ -54,6 +57,8 @@ def generate_config(cfg: dict) -> dict:
         raise ConfigError(f"generate.n_sources must be null or an integer >= 1, got {g['n_sources']!r}")
     if not isinstance(g["condition_noise"], (int, float)) or g["condition_noise"] < 0:
         raise ConfigError(f"generate.condition_noise must be a number >= 0, got {g['condition_noise']!r}")
+    if not isinstance(g["condition_labels"], bool):
+        raise ConfigError(f"generate.condition_labels must be true or false, got {g['condition_labels']!r}")
     if g["class_guidance"] is None:
         g["class_guidance"] = g["filter"]["guidance"]
     return g

@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import seeds
-from ..config import register_section
+from ..config import ConfigError, register_section
 from ..data.imageset import ImageSet, images_to_uint8
 from ..diffusion.conditional import conditional_sampler
 from ..io import atomic_path, atomic_write_json
@@ -48,7 +48,7 @@ from .reid import load_verifier
 register_section("generate")(generate_config)
 
 _SAMPLING_KEYS = ("seed", "generate.n_sources", "generate.solver", "generate.steps", "generate.guide",
-                  "generate.batch_size", "generate.condition_noise")
+                  "generate.batch_size", "generate.condition_noise", "generate.condition_labels")
 
 
 def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: bool = False,
@@ -57,11 +57,18 @@ def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: 
     labels, "pseudo" with embeddings, indexed by source), with the profile's ``generate``
     sampler settings (``solver``/``steps``/``guide`` override them: guide "uncond" is
     classifier-free, "early" autoguidance); pseudo-conditions get the profile's
-    ``generate.condition_noise``."""
+    ``generate.condition_noise`` and, with ``generate.condition_labels``, the labels of the training
+    image they are indexed by (pseudo-conditions are always indexed by training row)."""
     g = pipe.cfg["generate"]
     if mode == "pseudo" and g["condition_noise"]:
         conditions = noisy_conditions(conditions, g["condition_noise"], int(pipe.cfg["seed"]))
-    return conditional_sampler(load_denoiser(pipe, mode), conditions, "labels" if mode == "class" else "embedding",
+    net, labels = load_denoiser(pipe, mode), None
+    if mode == "pseudo" and g["condition_labels"]:
+        if net.config.label_dim == 0:
+            raise ConfigError("generate.condition_labels: the network serving 'pseudo' has no label input "
+                              "(label_dim=0); it needs the joint network (diffusion.models: [joint])")
+        labels = load_splits(pipe)["train"].labels.astype(np.float32)
+    return conditional_sampler(net, conditions, "labels" if mode == "class" else "embedding", labels=labels,
                                guide_net=load_guide(pipe, mode, guide or g["guide"]), codec=load_codec(pipe),
                                solver=solver or g["solver"], steps=steps or g["steps"], batch_size=g["batch_size"],
                                progress=progress)
