@@ -88,6 +88,8 @@ def _settings(cfg: dict) -> dict:
         "generator": f"EDM denoiser ({cfg['diffusion']['preset']} preset), pseudo-conditioned (DiADM), "
                      f"{'latent' if cfg['diffusion']['vae_path'] else 'pixel'} space",
         "encoder": cfg["encoder"]["backbone"] or "in-project self-supervised (SimCLR)",
+        "condition": "source image's embedding" + (" and its finding labels" if g["condition_labels"] else ""),
+        "condition noise (σ)": g["condition_noise"],
         "sampler": f"{g['solver']}, {g['steps']} steps", "guide": g["guide"],
         "candidates per attempt (K)": f["k"], "guidance": f["guidance"], "guidance step per retry": f["guidance_step"],
         "guidance floor": f["guidance_floor"], "attempts per source": f["max_attempts"],
