@@ -37,7 +37,7 @@ from sklearn.metrics import roc_auc_score
 from trichotomy_lib import seeds
 from trichotomy_lib.config import profile_path
 from trichotomy_lib.data.phantom import generate_phantom
-from trichotomy_lib.device import default_device, native_bf16
+from trichotomy_lib.device import autocast, default_device, native_bf16
 from trichotomy_lib.diffusion.network import Denoiser
 from trichotomy_lib.diffusion.presets import NETWORK_PRESETS
 from trichotomy_lib.evaluation.classifier import classifier_config, fit_classifier
@@ -123,7 +123,7 @@ def denoiser_step(batch: int, steps: int) -> list[dict]:
         labels, emb = (torch.rand(batch, 8) < 0.3).float(), torch.randn(batch, 128)
 
         def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast("cpu", precision):
                 loss = (net(x, c_noise, labels=labels, embedding=emb).float() - x).square().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
