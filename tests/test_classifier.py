@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from trichotomy_lib.checkpoint import load_training_state
 from trichotomy_lib.config import ConfigError
 from trichotomy_lib.data.imageset import LABELS, ImageSet
+from trichotomy_lib.device import resolve_precision
 from trichotomy_lib.evaluation.classifier import (
     classifier_config,
     TRAINING_STATE_FILE,
@@ -81,9 +82,11 @@ def test_best_epoch_is_min_val_loss(data):
     val = data["val"]
     val_bad = ImageSet(val.images, np.ones_like(val.labels), val.patient_ids, val.names)
     seen = []
+    precision = resolve_precision("auto", "cpu")  # the val loss is computed in the training's precision
 
     def callback(record, net):
-        seen.append((record, {k: v.clone() for k, v in net.state_dict().items()}, mean_bce(net, val_bad, 64, "cpu")))
+        seen.append((record, {k: v.clone() for k, v in net.state_dict().items()},
+                     mean_bce(net, val_bad, 64, "cpu", precision)))
         net.train()
 
     clf = fit_classifier(data["train"], val_bad, TINY | {"epochs": 4, "lr": 1e-2}, seed=1, callback=callback, progress=False)
@@ -95,7 +98,8 @@ def test_best_epoch_is_min_val_loss(data):
     best_state = seen[clf.best_epoch][1]
     for key, value in clf.net.state_dict().items():
         assert torch.equal(value, best_state[key]), key
-    assert mean_bce(clf.net, val_bad, 64, "cpu") == pytest.approx(min(val_losses), rel=1e-5)
+    assert clf.info["precision"] == precision
+    assert mean_bce(clf.net, val_bad, 64, "cpu", precision) == pytest.approx(min(val_losses), rel=1e-5)
     assert [h["best"] for h in clf.history] == [i == 0 or v < min(val_losses[:i]) for i, v in enumerate(val_losses)]
 
 

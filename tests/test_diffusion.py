@@ -13,7 +13,7 @@ from trichotomy_lib.diffusion.ema import ema_beta
 from trichotomy_lib.diffusion.network import Denoiser
 from trichotomy_lib.diffusion.sampler import edm_sigmas, guided_denoiser, network_evaluations, sample
 from trichotomy_lib.analysis.diffusion import sample_images
-from trichotomy_lib.diffusion.train import TrainingDiverged, check_hyperparameters, train_denoiser
+from trichotomy_lib.diffusion.train import TrainingDiverged, check_hyperparameters, train_denoiser, training_precision
 
 TINY = dict(sample_size=16, channels=(8, 16), norm_groups=4, head_dim=8)
 
@@ -153,6 +153,30 @@ def test_resume_gives_identical_weights(tmp_path):
     assert not list((tmp_path / "b" / "checkpoints").rglob("*.pt")) and not list((tmp_path / "b").rglob("*.pkl"))
 
 
+def test_training_precision_is_resolved_recorded_and_used(tmp_path, monkeypatch):
+    from trichotomy_lib import device as device_mod
+
+    monkeypatch.setattr(device_mod, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert training_precision("auto", "cpu") == "bf16" and training_precision("no", "cpu") == "fp32"
+    assert training_precision("fp16", "cpu") == "fp32"  # fp16 is a GPU mode
+    monkeypatch.setattr(device_mod, "_cpu_flags", lambda: frozenset({"avx2"}))
+    assert training_precision("auto", "cpu") == "fp32" and training_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match=r"train\.mixed_precision must be one of"):
+        check_hyperparameters({"mixed_precision": "half"})
+    images, labels, emb = blobs()
+    hp = {**HP, "guide_step": None}
+    runs = {mp: train_denoiser(tiny(label_dim=8, embed_dim=12), images, tmp_path / mp, {**hp, "mixed_precision": mp},
+                               labels, emb, seed=3, progress=False) for mp in ("no", "bf16")}
+    again = train_denoiser(tiny(label_dim=8, embed_dim=12), images, tmp_path / "again", {**hp, "mixed_precision": "bf16"},
+                           labels, emb, seed=3, progress=False)
+    assert runs["no"]["precision"] == "fp32" and runs["bf16"]["precision"] == "bf16"
+    w = {mp: r["net"].state_dict() for mp, r in runs.items()}
+    assert not all(torch.equal(w["no"][k], w["bf16"][k]) for k in w["no"])  # the step really ran in bf16
+    assert all(torch.equal(again["net"].state_dict()[k], w["bf16"][k]) for k in w["bf16"])  # and deterministically
+    assert all(v.dtype == torch.float32 for v in w["bf16"].values())  # weights stay fp32
+    assert np.allclose(runs["no"]["log"]["loss"][0], runs["bf16"]["log"]["loss"][0], rtol=0.05)
+
+
 def test_nan_loss_stops_with_clear_message(tmp_path):
     images, _, _ = blobs()
     images[5] = float("nan")
@@ -217,6 +241,32 @@ def test_per_sample_seeds_do_not_depend_on_batching(solver):
     assert torch.equal(whole[3:4], single)
     assert not torch.equal(whole[0], whole[1])
     assert whole.min() >= -1 and whole.max() <= 1
+
+
+def test_bf16_sampling_is_batch_independent_and_close_to_fp32():
+    """The network under bf16 autocast, the rest in float32: a deterministic function of the seed
+    (any batching), a different one from fp32, and near it."""
+    net = randomise(tiny(label_dim=8, embed_dim=12))
+    cond = {"labels": torch.eye(8)[[0, 1, 2, 3, 4, 5]], "embedding": torch.randn(6, 12)}
+    seeds = [11, 12, 13, 14, 15, 16]
+    kw = dict(steps=4, guidance=1.5, solver="dpm")
+    whole = sample(net, cond, seeds, batch_size=6, precision="bf16", **kw)
+    assert whole.dtype == torch.float32
+    assert torch.equal(whole, sample(net, cond, seeds, batch_size=4, precision="bf16", **kw))
+    assert torch.equal(whole[3:4], sample(net, {k: v[3:4] for k, v in cond.items()}, seeds[3:4], precision="bf16", **kw))
+    fp32 = sample(net, cond, seeds, batch_size=6, **kw)
+    assert not torch.equal(whole, fp32)
+    assert (whole - fp32).abs().mean() < 0.02 * fp32.std()
+    assert torch.equal(sample(net, cond, seeds, precision=device_precision("auto"), **kw),
+                       sample(net, cond, seeds, precision="auto", **kw))
+    with pytest.raises(ValueError, match="sampler precision='half'"):
+        sample(net, cond, seeds, precision="half", **kw)
+
+
+def device_precision(p):
+    from trichotomy_lib.device import resolve_precision
+
+    return resolve_precision(p, "cpu")
 
 
 def test_guidance():
@@ -326,8 +376,17 @@ def test_stage_trains_saves_and_samples_every_mode(tmp_path):
     both = make_sample_fn(with_labels, "pseudo", emb.numpy())(rows, seeds_, 1.0)
     g = with_labels.cfg["generate"]
     direct = sample(dstage.load_denoiser(pipe, "pseudo"), {"embedding": emb[rows], "labels": torch.as_tensor(labels[rows])},
-                    seeds_, steps=g["steps"], guidance=1.0, solver=g["solver"])
+                    seeds_, steps=g["steps"], guidance=1.0, solver=g["solver"], precision=g["precision"])
     assert torch.equal(both, direct) and not torch.equal(both, plain)  # the training row's labels, given
+    # generate.precision: the releases' sampler runs the network in that precision
+    fp32 = make_sample_fn(Pipeline(deep_merge(cfg, {"generate": {"condition_labels": True, "precision": "fp32"}}),
+                                   verbose=False), "pseudo", emb.numpy())(rows, seeds_, 1.0)
+    assert torch.equal(fp32, sample(dstage.load_denoiser(pipe, "pseudo"), {"embedding": emb[rows], "labels": torch.as_tensor(labels[rows])},
+                                    seeds_, steps=g["steps"], guidance=1.0, solver=g["solver"], precision="fp32"))
+    with pytest.raises(ConfigError, match="generate.precision must be one of"):
+        Pipeline(deep_merge(cfg, {"generate": {"precision": "fp16"}}), verbose=False)
+    with pytest.raises(ConfigError, match="diffusion.sampler.precision must be one of"):
+        dstage.diffusion_config({"diffusion": {"sampler": {"precision": "half"}}})
     with pytest.raises(ConfigError, match="condition_labels must be true or false"):
         Pipeline(deep_merge(cfg, {"generate": {"condition_labels": "yes"}}), verbose=False)
     with pytest.raises(ConfigError, match="diffusion.models"):

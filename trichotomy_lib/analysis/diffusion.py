@@ -37,7 +37,7 @@ def sample_images(pipe: Pipeline, mode: str, sample_seeds, labels=None, embeddin
 
     Sampling settings are the profile's ``diffusion.sampler`` with ``overrides`` on top (solver,
     steps, guidance, guide ("uncond": the unconditional mode/model; "early": autoguidance with
-    the early EMA), sigma_min, sigma_max, rho, batch_size). ``labels`` (N, 8) for mode "class",
+    the early EMA), sigma_min, sigma_max, rho, batch_size, precision). ``labels`` (N, 8) for mode "class",
     ``embedding`` (N, D) for "pseudo". Latents are decoded to pixels.
     """
     s = {**pipe.cfg["diffusion"]["sampler"], **overrides}
@@ -55,7 +55,7 @@ def sample_images(pipe: Pipeline, mode: str, sample_seeds, labels=None, embeddin
     x = sample(load_denoiser(pipe, mode), {k: v for k, v in cond.items() if v is not None}, sample_seeds,
                steps=int(s["steps"]), guidance=float(s["guidance"]), guide_net=guide_net, solver=s["solver"],
                sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], rho=s["rho"], batch_size=int(s["batch_size"]),
-               clamp=codec is None, progress=progress)
+               clamp=codec is None, progress=progress, precision=s["precision"])
     return codec.decode(x) if codec is not None else x
 
 

@@ -25,7 +25,7 @@ __all__ = ["conditional_sampler"]
 
 
 def conditional_sampler(net, conditions, key: str, *, labels=None, guide_net=None, codec=None, solver: str = "dpm",
-                        steps: int = 10, batch_size: int = 256, progress: bool = False,
+                        steps: int = 10, batch_size: int = 256, progress: bool = False, precision: str = "fp32",
                         **schedule) -> Callable:
     """``fn(sources (n,) int, seeds (n,) int, guidance float) → (n, 1, H, W)`` in [-1, 1].
 
@@ -41,6 +41,7 @@ def conditional_sampler(net, conditions, key: str, *, labels=None, guide_net=Non
         codec: a ``LatentCodec`` for latent diffusion (decodes to pixels), None in pixel space.
         solver, steps: "dpm" (N evaluations) or "heun" (2N − 1); N >= 2.
         batch_size: samples per forward pass (does not change any image).
+        precision: of the network evaluations, "fp32", "bf16" or "auto" (``sample``).
         schedule: sigma_min, sigma_max, rho of the EDM schedule (defaults of ``sample``).
     """
     if key not in ("labels", "embedding"):
@@ -59,7 +60,7 @@ def conditional_sampler(net, conditions, key: str, *, labels=None, guide_net=Non
         rows = torch.as_tensor(np.asarray(sources), dtype=torch.long)
         x = sample(net, {k: c[rows] for k, c in cond_all.items()}, seeds, steps=steps,
                    guidance=guidance, guide_net=guide_net if guidance != 1.0 else None, solver=solver,
-                   batch_size=batch_size, clamp=codec is None, progress=progress, **schedule)
+                   batch_size=batch_size, clamp=codec is None, progress=progress, precision=precision, **schedule)
         return codec.decode(x) if codec is not None else x
 
     return fn

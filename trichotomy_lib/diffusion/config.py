@@ -13,6 +13,7 @@ Modes (``models``):
 from __future__ import annotations
 
 from ..config import ConfigError, section
+from ..device import PRECISIONS
 from .presets import network_preset, sampler_preset, train_preset
 from .train import check_hyperparameters
 
@@ -21,13 +22,13 @@ DIFFUSION_DEFAULTS: dict = {
     "models": ["joint"],   # any of joint, uncond, class, pseudo (see the module docstring)
     "network": {},         # overrides of the preset's network shape (Denoiser arguments)
     "train": {},           # overrides of the preset's training hyperparameters (diffusion/train.py TRAIN_DEFAULTS)
-    "sampler": {},         # overrides of the preset's sampling settings (solver, steps, guidance, guide, ...)
+    "sampler": {},         # overrides of the preset's sampling settings (solver, steps, guidance, guide, precision, ...)
     "vae_path": None,      # local diffusers AutoencoderKL directory → latent diffusion (None: pixel space)
 }
 MODES = ("joint", "uncond", "class", "pseudo")
 # the inputs each mode's network has: (class labels, embedding)
 MODE_INPUTS = {"joint": (True, True), "uncond": (False, False), "class": (True, False), "pseudo": (False, True)}
-SAMPLER_KEYS = ("solver", "steps", "guidance", "guide", "sigma_min", "sigma_max", "rho", "batch_size")
+SAMPLER_KEYS = ("solver", "steps", "guidance", "guide", "sigma_min", "sigma_max", "rho", "batch_size", "precision")
 
 
 def diffusion_config(cfg: dict) -> dict:
@@ -42,12 +43,15 @@ def diffusion_config(cfg: dict) -> dict:
     try:
         d["network"] = {**network_preset(d["preset"]), **d["network"]}
         d["train"] = check_hyperparameters({**train_preset(d["preset"]), **d["train"]})
-        d["sampler"] = {**sampler_preset(d["preset"]), "guide": "uncond", "batch_size": 128, **d["sampler"]}
+        d["sampler"] = {**sampler_preset(d["preset"]), "guide": "uncond", "batch_size": 128, "precision": "auto",
+                        **d["sampler"]}
     except ValueError as err:
         raise ConfigError(f"diffusion: {err}") from None
     unknown = sorted(set(d["sampler"]) - set(SAMPLER_KEYS))
     if unknown:
         raise ConfigError(f"unknown key(s) in diffusion.sampler: {unknown}; known: {list(SAMPLER_KEYS)}")
+    if d["sampler"]["precision"] not in PRECISIONS:
+        raise ConfigError(f"diffusion.sampler.precision must be one of {list(PRECISIONS)}, got {d['sampler']['precision']!r}")
     if d["sampler"]["guide"] not in ("uncond", "early"):
         raise ConfigError(f"diffusion.sampler.guide must be 'uncond' or 'early', got {d['sampler']['guide']!r}")
     return d

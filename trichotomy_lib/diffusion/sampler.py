@@ -13,6 +13,12 @@ the guide evaluation.
 Per-sample seeds: sample ``i`` starts from noise drawn by its own ``torch.Generator`` seeded
 with ``seeds[i]``; both samplers are deterministic afterwards, so the image for a seed does
 not depend on the batch size, on which other seeds share its batch, or on the device count.
+
+Precision: the network F_θ may run under bf16 autocast (``precision="bf16"``, or "auto" where
+the device computes bf16 natively); the preconditioning, the guidance combination and the
+solver's state stay in float32 (float64 for Heun). On an AVX-512 BF16 CPU that samples the
+default denoiser 1.4–1.5x faster, images within 0.002 of fp32 on average (pixel std 0.6), and
+still independent of the batch (``benchmarks/precision.py``, ``tests/test_diffusion.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from ..device import autocast, resolve_precision
 from .edm import denoise
 
 SOLVERS = ("heun", "dpm")
@@ -45,21 +52,26 @@ def initial_noise(seeds, shape, device) -> torch.Tensor:
     return torch.stack(rows).to(device)
 
 
-def guided_denoiser(net, labels=None, embedding=None, guidance: float = 1.0, guide_net=None):
-    """``D(x, σ)`` closure implementing guidance; ``D.nfe`` counts network evaluations (per batch)."""
+def guided_denoiser(net, labels=None, embedding=None, guidance: float = 1.0, guide_net=None, precision: str = "fp32"):
+    """``D(x, σ)`` closure implementing guidance; ``D.nfe`` counts network evaluations (per batch).
+    ``precision`` ("fp32" or "bf16", resolved) is that of the network evaluations only: ``denoise``
+    returns float32, and the guidance combination is computed in float32."""
 
     def cond_for(model, value, dim_name):
         return value if value is not None and getattr(model.config, dim_name) else None
 
     def D(x, sigma):
-        d = denoise(net, x, sigma, labels, embedding)
+        with autocast(x.device, precision):
+            d = denoise(net, x, sigma, labels, embedding)
         D.nfe += 1
         if guidance == 1.0:
             return d
-        if guide_net is None:  # classifier-free: the same network with its conditions dropped
-            g = denoise(net, x, sigma)
-        else:  # autoguidance: a weaker model, same conditions (where it has an input for them)
-            g = denoise(guide_net, x, sigma, cond_for(guide_net, labels, "label_dim"), cond_for(guide_net, embedding, "embed_dim"))
+        with autocast(x.device, precision):
+            if guide_net is None:  # classifier-free: the same network with its conditions dropped
+                g = denoise(net, x, sigma)
+            else:  # autoguidance: a weaker model, same conditions (where it has an input for them)
+                g = denoise(guide_net, x, sigma, cond_for(guide_net, labels, "label_dim"),
+                            cond_for(guide_net, embedding, "embed_dim"))
         D.nfe += 1
         return g + guidance * (d - g)  # D_w = D_guide + w·(D_cond − D_guide)
 
@@ -118,6 +130,7 @@ def sample(
     clamp: bool = True,
     device=None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Generate one sample per seed. Returns float32 (len(seeds), C, H, W) on the CPU, in [-1, 1]
     when ``clamp`` (pixels; pass ``clamp=False`` for latents).
@@ -134,6 +147,8 @@ def sample(
         solver: "heun" (EDM Algorithm 1) or "dpm" (DPM-Solver++(2M), diffusers).
         sigma_min, sigma_max, rho: EDM schedule (0.002, 80, 7).
         batch_size: samples per forward pass (does not change the result).
+        precision: "fp32" (default), "bf16" (the network under bf16 autocast; the rest in
+            float32) or "auto" (bf16 where the device computes it natively, ``device.native_bf16``).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -142,6 +157,7 @@ def sample(
     seeds = [int(s) for s in seeds]
     n = len(seeds)
     device = device or next(net.parameters()).device
+    precision = resolve_precision(precision, device, "sampler precision")
     cond = dict(cond or {})
     unknown = set(cond) - {"labels", "embedding"}
     if unknown:
@@ -160,7 +176,7 @@ def sample(
         single = noise.shape[0] == 1
         if single:  # oneDNN picks another convolution kernel for a batch of 1: run it as a pair
             noise, labels, embedding = (None if t is None else t.repeat(2, *[1] * (t.ndim - 1)) for t in (noise, labels, embedding))
-        D = guided_denoiser(net, labels, embedding, guidance, guide_net)
+        D = guided_denoiser(net, labels, embedding, guidance, guide_net, precision)
         if solver == "heun":
             x = heun_sample(D, noise, sigmas)
         else:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_training_state, save_training_state
 from ..device import accelerator as get_accelerator
+from ..device import autocast, default_device, native_bf16
 from ..io import atomic_path, atomic_write_json
 from .edm import edm_loss, sample_sigma
 from .ema import ema_beta, make_ema, update_ema
@@ -46,8 +47,11 @@ TRAIN_DEFAULTS: dict = dict(
     ema_rampup=0.1,           # EMA half-life ≤ rampup · images seen (None: no ramp-up)
     guide_step=None,          # keep the EMA at this step as the autoguidance guide (None: no guide)
     checkpoint_every=250,     # steps between checkpoints (and at the end)
-    mixed_precision="no",     # "no", "bf16", "fp16" (GPU only; CPU always fp32)
+    mixed_precision="auto",   # "auto" (bf16 where the device computes it natively, else fp32), "no", "bf16",
+                              #   "fp16" (GPU only; a CPU trains fp16 in fp32). The network's forward and the loss
+                              #   run under autocast; weights, Adam and the EMA stay fp32.
 )
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -68,9 +72,25 @@ def check_hyperparameters(hp: dict) -> dict:
     for key in ("label_dropout", "embed_dropout"):
         if not 0 <= hp[key] <= 1:
             raise ValueError(f"train.{key} must be in [0, 1], got {hp[key]}")
+    if hp["mixed_precision"] not in MIXED_PRECISIONS:
+        raise ValueError(f"train.mixed_precision must be one of {list(MIXED_PRECISIONS)}, got {hp['mixed_precision']!r}")
     if hp["guide_step"] is not None and not 1 <= hp["guide_step"] <= hp["steps"]:
         raise ValueError(f"train.guide_step must be in 1..steps={hp['steps']} or null, got {hp['guide_step']}")
     return hp
+
+
+def training_precision(mixed_precision: str, device: torch.device | str) -> str:
+    """``train.mixed_precision`` → what the loop runs on ``device``: "fp32", "bf16" or "fp16".
+
+    "auto" is "bf16" where ``device.native_bf16`` (a bf16 GPU, or a CPU with AVX-512 BF16 or
+    AMX), else "fp32"; fp16 exists on GPUs only. On an AVX-512 BF16 CPU (2 threads) bf16 makes
+    the default denoiser's training step 1.3x faster (``benchmarks/precision.py``)."""
+    device = torch.device(device)
+    if mixed_precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if mixed_precision == "no" or (mixed_precision == "fp16" and device.type == "cpu"):
+        return "fp32"
+    return mixed_precision
 
 
 def learning_rate(step: int, hp: dict) -> float:
@@ -148,7 +168,8 @@ def train_denoiser(
 
     Returns:
         dict(net=raw weights, ema=EMA network, guide=EMA at ``guide_step`` or None, log=loss log,
-        finished=bool) — networks unwrapped, on the accelerator's device, EMA ones in eval mode.
+        finished=bool, precision="fp32"/"bf16"/"fp16" as run) — networks unwrapped, on the
+        accelerator's device, EMA ones in eval mode.
     """
     hp = check_hyperparameters(hp or {})
     out_dir = Path(out_dir)
@@ -159,7 +180,9 @@ def train_denoiser(
     embeddings = embeddings.float().cpu() if embeddings is not None else None
     sigma_data = float(net.config.sigma_data)
 
-    acc = get_accelerator(hp["mixed_precision"])
+    precision = training_precision(hp["mixed_precision"], default_device())
+    acc = get_accelerator({"fp32": "no"}.get(precision, precision))  # on a CPU, accelerate stays in fp32 ...
+    cpu_bf16 = acc.device.type == "cpu" and precision == "bf16"     # ... and bf16 autocast is ours
     gen = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))
     opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], betas=tuple(hp["adam_betas"]), weight_decay=hp["weight_decay"])
@@ -205,7 +228,7 @@ def train_denoiser(
         lr = learning_rate(step, hp)
         for group in opt.param_groups:
             group["lr"] = lr
-        with acc.autocast():
+        with autocast(acc.device, "bf16") if cpu_bf16 else acc.autocast():
             loss = edm_loss(model, y, sigma[mine].to(acc.device), noise[mine].to(acc.device), lab, emb, sigma_data).mean()
         value = float(acc.reduce(loss.detach(), reduction="mean"))
         if not math.isfinite(value):
@@ -237,4 +260,4 @@ def train_denoiser(
             acc.wait_for_everyone()
     bar.close()
     finished = (len(log["step"]) and log["step"][-1] == hp["steps"]) or start >= hp["steps"]
-    return {"net": raw, "ema": ema, "guide": guide, "log": log, "finished": bool(finished)}
+    return {"net": raw, "ema": ema, "guide": guide, "log": log, "finished": bool(finished), "precision": precision}

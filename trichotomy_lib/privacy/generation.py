@@ -18,6 +18,7 @@ import torch
 from .. import seeds
 from ..config import ConfigError, section
 from ..data.imageset import images_to_uint8, uint8_to_tensor
+from ..device import PRECISIONS
 from ..evaluation.classifier.consistency import label_consistency
 from .sample_filter import check_filter_params, guidance_at
 
@@ -28,6 +29,8 @@ GENERATE_DEFAULTS: dict = {
     "guide": "uncond",       # "uncond": classifier-free (the unconditional mode/model); "early": autoguidance
     "class_guidance": None,  # guidance of edm_class (None: filter.guidance, the DiADM releases' first attempt)
     "batch_size": 256,       # samples per forward pass (does not change any image)
+    "precision": "auto",     # of the denoiser's evaluations: "fp32", "bf16", "auto" (bf16 where the device has it
+                             #   natively; device.native_bf16): 1.4-1.5x faster sampling on an AVX-512 BF16 CPU
     "condition_noise": 0.0,  # σ >= 0: DiADM is conditioned on sqrt(D)·(e + σn)/‖e + σn‖ (noisy_conditions); 0: on e
     "condition_labels": False,  # True: DiADM's condition also holds its source's labels (the joint network's label
                              #   input, beside the embedding) — labels every release carries anyway; False: the paper's
@@ -53,6 +56,8 @@ def generate_config(cfg: dict) -> dict:
         raise ConfigError(f"generate.guide must be 'uncond' or 'early', got {g['guide']!r}")
     if not isinstance(g["steps"], int) or g["steps"] < 2:
         raise ConfigError(f"generate.steps must be an integer >= 2, got {g['steps']!r}")
+    if g["precision"] not in PRECISIONS:
+        raise ConfigError(f"generate.precision must be one of {list(PRECISIONS)}, got {g['precision']!r}")
     if g["n_sources"] is not None and (not isinstance(g["n_sources"], int) or g["n_sources"] < 1):
         raise ConfigError(f"generate.n_sources must be null or an integer >= 1, got {g['n_sources']!r}")
     if not isinstance(g["condition_noise"], (int, float)) or g["condition_noise"] < 0:

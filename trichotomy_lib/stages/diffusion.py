@@ -91,10 +91,13 @@ def diffusion_stage(ctx: StageContext) -> None:
             for which, name in (("ema", "ema"), ("net", "raw"), ("guide", "guide")):
                 if result[which] is not None:
                     _save_pretrained(result[which], out / name)
-            atomic_write_json(out / "done.json", {"mode": mode, "steps": d["train"]["steps"]})
+            atomic_write_json(out / "done.json", {"mode": mode, "steps": d["train"]["steps"],
+                                                  "precision": result["precision"]})
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
         log = json.loads((out / "train_log.json").read_text())
-        summary[mode] = {"network": net_cfg, "train": d["train"], "seconds": round(time.perf_counter() - start, 1),
+        done = json.loads((out / "done.json").read_text())
+        summary[mode] = {"network": net_cfg, "train": d["train"], "precision": done.get("precision"),
+                         "seconds": round(time.perf_counter() - start, 1),
                          "final_loss": float(np.mean(log["loss"][-50:]))}
     atomic_write_json(ctx.out / "models.json", {"models": summary, "preset": d["preset"], "vae_path": d["vae_path"]})
 

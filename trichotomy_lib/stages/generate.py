@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .. import seeds
 from ..config import ConfigError, register_section
 from ..data.imageset import ImageSet, images_to_uint8
+from ..device import default_device, resolve_precision
 from ..diffusion.conditional import conditional_sampler
 from ..io import atomic_path, atomic_write_json
 from ..pipeline import Pipeline, StageContext, stage
@@ -48,7 +49,7 @@ from .reid import load_verifier
 register_section("generate")(generate_config)
 
 _SAMPLING_KEYS = ("seed", "generate.n_sources", "generate.solver", "generate.steps", "generate.guide",
-                  "generate.batch_size", "generate.condition_noise", "generate.condition_labels")
+                  "generate.batch_size", "generate.precision", "generate.condition_noise", "generate.condition_labels")
 
 
 def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: bool = False,
@@ -56,7 +57,8 @@ def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: 
     """``fn(sources, seeds, guidance)`` of the trained denoiser serving ``mode`` ("class" with
     labels, "pseudo" with embeddings, indexed by source), with the profile's ``generate``
     sampler settings (``solver``/``steps``/``guide`` override them: guide "uncond" is
-    classifier-free, "early" autoguidance); pseudo-conditions get the profile's
+    classifier-free, "early" autoguidance; ``generate.precision`` is that of the network
+    evaluations); pseudo-conditions get the profile's
     ``generate.condition_noise`` and, with ``generate.condition_labels``, the labels of the training
     image they are indexed by (pseudo-conditions are always indexed by training row)."""
     g = pipe.cfg["generate"]
@@ -71,7 +73,12 @@ def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: 
     return conditional_sampler(net, conditions, "labels" if mode == "class" else "embedding", labels=labels,
                                guide_net=load_guide(pipe, mode, guide or g["guide"]), codec=load_codec(pipe),
                                solver=solver or g["solver"], steps=steps or g["steps"], batch_size=g["batch_size"],
-                               progress=progress)
+                               progress=progress, precision=sampling_precision(pipe))
+
+
+def sampling_precision(pipe: Pipeline) -> str:
+    """``generate.precision`` resolved on the device the denoisers run on ("fp32" or "bf16")."""
+    return resolve_precision(pipe.cfg["generate"]["precision"], default_device(), "generate.precision")
 
 
 @dataclass
@@ -169,7 +176,8 @@ def _single_sample_release(ctx: StageContext, name: str, mode: str, conditions, 
     images = _sample_chunked(ctx.out / "chunks" / name, sources,
                              lambda s: fn(s, seeds.sample_seeds(stream, s), guidance), g["filter"]["chunk_size"], name)
     _finish(ctx, name, make_release(name, images, sources, train), sources, seconds=round(time.perf_counter() - start, 2),
-            guidance=guidance, solver=g["solver"], steps=g["steps"], guide=guide or g["guide"])
+            guidance=guidance, solver=g["solver"], steps=g["steps"], guide=guide or g["guide"],
+            precision=sampling_precision(ctx.pipeline))
     shutil.rmtree(ctx.out / "chunks" / name)
     if not any((ctx.out / "chunks").iterdir()):
         (ctx.out / "chunks").rmdir()
@@ -234,7 +242,8 @@ def release_diadm_filter_stage(ctx: StageContext) -> None:
         audit["released"] = survivor_rank <= RELEASES[name].survivors
         copy_thresholds = None if models.copy_veto is None else models.copy_veto.thresholds
         _finish(ctx, name, make_release(name, images, src, train, rank), src, audit, seconds=seconds,
-                solver=g["solver"], steps=g["steps"], filter=g["filter"], summary=summary,
+                solver=g["solver"], steps=g["steps"], precision=sampling_precision(ctx.pipeline), filter=g["filter"],
+                summary=summary,
                 veto_threshold=models.threshold, copy_thresholds=copy_thresholds)
     shutil.rmtree(ctx.out / "chunks")
 

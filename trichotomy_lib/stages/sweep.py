@@ -39,7 +39,7 @@ register_section("sweep")(sweep_config)
 
 
 @stage("sweep", keys=("seed", "sweep", "generate.solver", "generate.steps", "generate.guide", "generate.batch_size",
-                      "generate.condition_noise", "generate.condition_labels",
+                      "generate.precision", "generate.condition_noise", "generate.condition_labels",
                       "classifier", "utility.classifier", "utility.alpha_e", "utility.n_boot", "utility.level"),
        deps=("data", "encoder", "diffusion", "reid_auditor", "fidelity_features", "utility_real"), version=3)
 def sweep_stage(ctx: StageContext) -> None:

@@ -11,19 +11,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data.imageset import LABELS, N_LABELS, ImageSet
+from ...device import autocast
 
 if TYPE_CHECKING:
     from .model import Classifier
 
 
 @torch.inference_mode()
-def mean_bce(net: nn.Module, imageset: ImageSet, batch_size: int, device) -> float:
-    """Mean binary cross-entropy per label of ``net`` (eval mode) on ``imageset`` — the val loss."""
+def mean_bce(net: nn.Module, imageset: ImageSet, batch_size: int, device, precision: str = "fp32") -> float:
+    """Mean binary cross-entropy per label of ``net`` (eval mode) on ``imageset`` — the val loss.
+
+    ``precision`` ("fp32" or "bf16") is that of the forward pass; the loss is summed in fp32.
+    Training selects its epoch with the val loss in its own precision (in bf16 the val pass
+    costs half as much); predictions (``Classifier.predict_proba``) are always fp32."""
     net.eval()
     total = 0.0
     for start in range(0, len(imageset), batch_size):
         idx = np.arange(start, min(start + batch_size, len(imageset)))
-        logits = net(imageset.tensor(idx).to(device))
+        with autocast(device, precision):
+            logits = net(imageset.tensor(idx).to(device))
         target = torch.from_numpy(np.asarray(imageset.labels[idx], dtype=np.float32)).to(device)
         total += float(F.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum"))
     return total / (len(imageset) * N_LABELS)

@@ -201,7 +201,7 @@ def fit_classifier(
             opt.step()
             total, count = total + loss.item() * len(idx), count + len(idx)
             bar.update(1)
-        val_loss = mean_bce(net, val_set, cfg["eval_batch_size"], device)
+        val_loss = mean_bce(net, val_set, cfg["eval_batch_size"], device, precision)
         improved = best_epoch < 0 or val_loss < history[best_epoch]["val_loss"]
         if improved:
             best_epoch = epoch
