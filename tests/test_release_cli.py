@@ -99,3 +99,27 @@ def test_real_data_runs_without_phantom_only_settings(holder, tmp_path):
     assert "site" not in cfg["data"] and cfg["profile"] == "default-release"
     with pytest.raises(config.ConfigError, match="--data-root"):
         release_config("smoke", str(root / "list.csv"))
+
+
+def test_filter_consistency_target_is_the_classifier_output_or_the_labels(holder, exported):
+    """``generate.filter.consistency``: the filter ranks survivors against the classifier's output
+    on the source image (the paper) or against the source's labels; the card says which."""
+    from trichotomy_lib.release_cli import _settings
+    from trichotomy_lib.stages.classifier import load_classifier
+    from trichotomy_lib.stages.data import load_splits
+    from trichotomy_lib.stages.generate import filter_models
+
+    _, pipe, _, work = exported
+    root = holder[0]
+    train = load_splits(pipe)["train"]
+    paper = filter_models(pipe, train)
+    assert np.array_equal(paper.source_probs, load_classifier(pipe).predict_proba(train))
+    cfg = config.deep_merge(release_config("smoke", str(root / "list.csv"), str(root), str(work / "runs")),
+                            {"generate": {"filter": {"consistency": "labels"}}})
+    by_labels = filter_models(Pipeline(cfg, verbose=False), train)
+    assert np.array_equal(by_labels.source_probs, train.labels) and not np.array_equal(paper.source_probs, train.labels)
+    assert by_labels.params["consistency"] == "labels"
+    assert "source's labels" in _settings(Pipeline(cfg, verbose=False).cfg)["survivor chosen by"]
+    assert "classifier's output" in _settings(pipe.cfg)["survivor chosen by"]
+    with pytest.raises(config.ConfigError, match="filter.consistency must be one of"):
+        Pipeline(config.deep_merge(cfg, {"generate": {"filter": {"consistency": "probs"}}}), verbose=False)

@@ -94,6 +94,8 @@ def _settings(cfg: dict) -> dict:
         "candidates per attempt (K)": f["k"], "guidance": f["guidance"], "guidance step per retry": f["guidance_step"],
         "guidance floor": f["guidance_floor"], "attempts per source": f["max_attempts"],
         "defender veto: P(same patient) >=": f["threshold"],
+        "survivor chosen by": {"prediction": "label consistency with the classifier's output on its source",
+                               "labels": "label consistency with its source's labels"}[f["consistency"]],
         "image size": cfg["data"]["image_size"],
     }
 

@@ -12,7 +12,10 @@ s's embedding (DiADM pseudo-conditioning). Each candidate c is judged twice:
    (``copy_ratio < 1``) is flagged too: it is a near-copy whatever the verifier says.
 2. **Utility, among the survivors.** The reference classifier's label consistency
    BCE(s, c) = −(1/8) Σ_k [ŷ_k(s) log ŷ_k(c) + (1 − ŷ_k(s)) log(1 − ŷ_k(c))]
-   (``evaluation.classifier.consistency.label_consistency``); the survivor with the lowest BCE is chosen,
+   (``evaluation.classifier.consistency.label_consistency``), with ŷ(s) the classifier's output
+   on the source image (the paper; ``consistency: "prediction"``) or the source's 0/1 labels y(s)
+   (``consistency: "labels"``: the target the release is used for, and no trace of the source
+   image's own appearance in the choice); the survivor with the lowest BCE is chosen,
    and the next ``keep`` − 1 lowest are optionally kept as extra data (the paper's thesis that
    diversity is utility: several distinct survivors of one source train better than one).
 
@@ -53,7 +56,8 @@ Everything model-specific is injected, which keeps this module pure and its test
     copy_fn(images (n, 1, H, W) float) → (n,) copy ratio (optional; < 1 vetoes)
     defender_fn(sources (n,) int64, images (n, 1, H, W) float) → (n,) P(same patient as source)
     classifier_fn(images (n, 1, H, W) float) → (n, 8) sigmoid outputs
-    source_probs: (N_train, 8) classifier outputs on the sources
+    source_probs: (N_train, 8) consistency targets of the sources, in [0, 1]: the classifier's
+        outputs on them, or their labels (``consistency``; the caller builds the array)
 
 Candidates are quantised to uint8 *before* they are judged, so what is scored is exactly what
 is released (re-scoring a release with the defender reproduces the audit).
@@ -97,8 +101,12 @@ FILTER_DEFAULTS: dict = {
                              #   pairs, in (0, 1) (e.g. 0.99); None: use ``threshold`` as given
     "copy_quantile": None,   # near-copy veto (copy_veto.py): q in (0, 0.5) of leave-patient-out NN distances; None: off
     "copy_spaces": ["pixels", "encoder"],  # the spaces of the near-copy veto
+    "consistency": "prediction",  # the target of label consistency: "prediction" (the classifier's output on
+                             #   the source image, the paper) or "labels" (the source's labels, which the release
+                             #   carries; the source image's own appearance then plays no part in the choice)
 }
 COPY_SPACES = ("pixels", "encoder")
+CONSISTENCY_TARGETS = ("prediction", "labels")
 
 DECISIONS = ("chosen", "second_best", "kept", "not_best", "flagged", "skipped_source")
 RANKED = ("chosen", "second_best", "kept")  # decisions of released survivors: rank 0, 1, >= 2
@@ -133,6 +141,8 @@ def check_filter_params(params: dict | None) -> dict:
     if not spaces or any(s not in COPY_SPACES for s in spaces) or len(set(spaces)) != len(spaces):
         raise ValueError(f"filter.copy_spaces must be distinct names from {COPY_SPACES}, got {p['copy_spaces']!r}")
     p["copy_spaces"] = spaces
+    if p["consistency"] not in CONSISTENCY_TARGETS:
+        raise ValueError(f"filter.consistency must be one of {list(CONSISTENCY_TARGETS)}, got {p['consistency']!r}")
     if p["veto_recall"] is not None and not 0 < p["veto_recall"] < 1:
         raise ValueError(f"filter.veto_recall must be null or in (0, 1), got {p['veto_recall']}")
     if not isinstance(p["all_scans"], bool):

@@ -88,7 +88,7 @@ class FilterModels:
     sample_fn: Callable
     defender_fn: Callable
     classifier_fn: Callable
-    source_probs: np.ndarray
+    source_probs: np.ndarray    # the sources' consistency targets (filter.consistency)
     copy_veto: CopyVeto | None  # None when filter.copy_quantile is null
     threshold: float            # the defender's veto threshold in use (filter.threshold, or from veto_recall)
     params: dict                # the filter parameters with that threshold
@@ -125,14 +125,15 @@ def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None) ->
 
 def filter_models(pipe: Pipeline, train: ImageSet, progress: bool = False, solver=None, steps=None) -> FilterModels:
     """The sampler, the defender's veto (every scan of the source's patient when
-    ``filter.all_scans``), the near-copy veto, the consistency classifier and its outputs on the
-    training images."""
+    ``filter.all_scans``), the near-copy veto, the consistency classifier and the sources'
+    consistency targets (its outputs on the training images, or their labels: ``filter.consistency``)."""
     f = pipe.cfg["generate"]["filter"]
     sample_fn = make_sample_fn(pipe, "pseudo", load_embeddings(pipe, "train"), progress, solver, steps)
     defender, threshold = defender_veto(pipe, load_verifier(pipe, "defender"), train)
     copy = copy_veto(pipe, train)
     clf = load_classifier(pipe)
-    return FilterModels(sample_fn, defender, classifier_fn_from(clf), clf.predict_proba(train), copy, threshold,
+    targets = clf.predict_proba(train) if f["consistency"] == "prediction" else train.labels.astype(np.float64)
+    return FilterModels(sample_fn, defender, classifier_fn_from(clf), targets, copy, threshold,
                         {**f, "threshold": threshold})
 
 
