@@ -151,7 +151,7 @@ def denoiser_arms(profile: dict, steps: int, n_samples: int) -> list[dict]:
         seconds = time.perf_counter() - t0
         diff = float((images[name] - images["fp32 NCHW"]).abs().mean())
         rows.append({"loop": "denoiser sampling", "arm": name, "seconds": seconds, "items/s": n_samples / seconds,
-                     "quality": diff, "quality is": "mean |image − fp32 image|"})
+                     "quality": diff, "quality is": "mean abs. pixel difference to fp32"})
         print(f"denoiser sampling {name}: {seconds:.1f} s, mean |diff| {diff:.4f}", flush=True)
     return rows
 

@@ -12,7 +12,8 @@ Why these shapes (measurements in notebook 04 and ``benchmarks/denoiser.py``, 2 
   attention time) at 32×32. Without the patch folding the same network costs 0.60 GFLOP;
   (64, 128, 128) costs 0.39, two blocks per level 0.23. Both measured networks reach ~50% of
   a 2048² fp32 matmul's FLOP/s in a training step, so FLOPs translate into time.
-  Batch 32 × 3000 steps (~100 passes over the 970 training images): ~6.5 min on 2 idle cores.
+  Batch 32 × 3000 steps (~100 passes over the 970 training images): ~6 min on 2 idle cores in
+  bf16 (``mixed_precision`` auto on an AVX-512 BF16 CPU), ~8 in fp32.
   The budget matters for the method: at 900 steps a pseudo-conditional sample's source ranks
   ~24th of 970 in the encoder's space and the auditor re-identifies it as often as a random
   image (10 %); at 3000 the source ranks first for 56 % and the auditor links 35 % (w = 1.4,

@@ -17,7 +17,7 @@ not depend on the batch size, on which other seeds share its batch, or on the de
 Precision: the network F_θ may run under bf16 autocast (``precision="bf16"``, or "auto" where
 the device computes bf16 natively); the preconditioning, the guidance combination and the
 solver's state stay in float32 (float64 for Heun). On an AVX-512 BF16 CPU that samples the
-default denoiser 1.4–1.5x faster, images within 0.002 of fp32 on average (pixel std 0.6), and
+default denoiser 1.5x faster, images within 0.002 of fp32 on average (pixel std 0.6), and
 still independent of the batch (``benchmarks/precision.py``, ``tests/test_diffusion.py``).
 """
 

@@ -21,7 +21,7 @@ from .data import load_splits
 register_section("classifier")(lambda cfg: classifier_config(cfg.get("classifier")))
 
 
-@stage("classifier", keys=("seed", "classifier"), deps=("data",), version=2)
+@stage("classifier", keys=("seed", "classifier"), deps=("data",), version=3)
 def classifier_stage(ctx: StageContext) -> None:
     """Fit the classifier on the real train split, select the epoch on the real val split."""
     splits = load_splits(ctx.pipeline, mmap=True)

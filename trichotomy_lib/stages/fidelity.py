@@ -27,7 +27,7 @@ from .generate import load_release
 from .utility import CLASSIFIER_KEYS, classifier_recipe, save_npy
 
 
-@stage("fidelity_features", keys=(*CLASSIFIER_KEYS, "utility.features"), deps=("data", "classifier"), version=1)
+@stage("fidelity_features", keys=(*CLASSIFIER_KEYS, "utility.features"), deps=("data", "classifier"), version=2)
 def fidelity_features_stage(ctx: StageContext) -> None:
     """The fidelity feature network and its (N, D) features of the real train and test splits."""
     splits = load_splits(ctx.pipeline, mmap=True)

@@ -41,7 +41,7 @@ register_section("sweep")(sweep_config)
 @stage("sweep", keys=("seed", "sweep", "generate.solver", "generate.steps", "generate.guide", "generate.batch_size",
                       "generate.precision", "generate.condition_noise", "generate.condition_labels",
                       "classifier", "utility.classifier", "utility.alpha_e", "utility.n_boot", "utility.level"),
-       deps=("data", "encoder", "diffusion", "reid_auditor", "fidelity_features", "utility_real"), version=3)
+       deps=("data", "encoder", "diffusion", "reid_auditor", "fidelity_features", "utility_real"), version=4)
 def sweep_stage(ctx: StageContext) -> None:
     """Per guidance w: raw DiADM samples of a seeded subset of sources → FD, IRS, re-id, AUROC."""
     pipe = ctx.pipeline

@@ -113,7 +113,7 @@ def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: Path |
     shutil.rmtree(ctx.out / "seeds", ignore_errors=True)
 
 
-@stage("utility_real", keys=ROW_KEYS, deps=("data", "classifier"), version=3)
+@stage("utility_real", keys=ROW_KEYS, deps=("data", "classifier"), version=4)
 def utility_real_stage(ctx: StageContext) -> None:
     """The real row: the reference classifier as seed 0 (or retrained at this step's budget), more seeds."""
     train = load_splits(ctx.pipeline, mmap=True)["train"]
@@ -131,7 +131,7 @@ def _release_stage(name: str):
     utility_release_stage.__doc__ = f"Train the classifier on release {name!r} (source labels), test on real."
     utility_release_stage.__qualname__ = f"utility_release_stage[{name}]"
     return stage(f"utility_{name}", keys=ROW_KEYS, deps=("data", RELEASES[name].stage),
-                 version=3)(utility_release_stage)
+                 version=4)(utility_release_stage)
 
 
 for _name in RELEASES:
@@ -156,7 +156,7 @@ def load_training_info(pipe: Pipeline, row: str) -> dict:
 # ------------------------------------------------------------------------------ cross-dataset
 @stage("utility_cross_site", keys=("seed", "data", "data_root", "classifier", "utility.classifier", "utility.cross_site",
                                    "utility.n_boot", "utility.level"),
-       deps=("data", "utility_real"), version=2)
+       deps=("data", "utility_real"), version=3)
 def utility_cross_site_stage(ctx: StageContext) -> None:
     """One real-data classifier per dataset, each tested on every dataset's test split."""
     u = ctx.config["utility"]
