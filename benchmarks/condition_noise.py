@@ -41,6 +41,7 @@ from trichotomy_lib.pipeline import Pipeline
 from trichotomy_lib.privacy.attack import attack_release
 from trichotomy_lib.privacy.audit import EmbeddingCache
 from trichotomy_lib.privacy.controls import control_population
+from trichotomy_lib.privacy.pso import ATTACKER_LABELS
 from trichotomy_lib.privacy.generation import noisy_conditions
 from trichotomy_lib.privacy.release import make_release
 from trichotomy_lib.privacy.sample_filter import guidance_at
@@ -89,8 +90,7 @@ def main() -> None:
         auroc = auroc_table(splits["val"].labels, probs, n_boot=0).loc["mean", "auroc"]
         row = {"σ": sigma, "labels": with_labels, "val mean AUROC": auroc, "strongest": r["strongest_attacker"],
                "strongest risk": r["strongest_risk"], "strongest upper bound": r["strongest_risk_hi"]}
-        row.update({f"{k} risk": r[f"{k}_risk"] for k in ("ball", "verifier", "pixels_ball", "encoder_ball",
-                                                             "public_encoder_ball", "defender_ball") if f"{k}_risk" in r})
+        row.update({f"{k} risk": r[f"{k}_risk"] for k in ATTACKER_LABELS if f"{k}_risk" in r})
         rows.append(row)
         print(row, flush=True)
     print()

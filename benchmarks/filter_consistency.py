@@ -41,6 +41,7 @@ from trichotomy_lib.pipeline import Pipeline
 from trichotomy_lib.privacy.attack import attack_release
 from trichotomy_lib.privacy.audit import EmbeddingCache
 from trichotomy_lib.privacy.controls import control_population
+from trichotomy_lib.privacy.pso import ATTACKER_LABELS
 from trichotomy_lib.privacy.release import make_release
 from trichotomy_lib.results import to_markdown
 from trichotomy_lib.stages.classifier import load_classifier
@@ -50,17 +51,10 @@ from trichotomy_lib.stages.privacy import attacker_spaces
 from trichotomy_lib.stages.reid import load_verifier
 from trichotomy_lib.stages.utility import classifier_recipe
 
-ATTACKERS = ("ball", "verifier", "pixels_ball", "encoder_ball", "public_encoder_ball", "defender_ball")
-
-
-def best_per_source(source_index: np.ndarray, bce: np.ndarray) -> np.ndarray:
-    """Each row's rank among its source's survivors by BCE (0 = lowest; ties: the pool's order)."""
-    order = np.lexsort((np.arange(len(bce)), bce, source_index))  # by source, then BCE, then position
-    rank = np.empty(len(order), dtype=np.int64)
-    starts = np.r_[0, np.flatnonzero(np.diff(source_index[order])) + 1]
-    for a, b in zip(starts, np.r_[starts[1:], len(order)]):
-        rank[order[a:b]] = np.arange(b - a)
-    return rank
+def rank_per_source(source_index: np.ndarray, bce: np.ndarray) -> np.ndarray:
+    """Each row's rank among its source's survivors by BCE (0 = lowest; ties in the pool's
+    order), as the filter stage ranks them."""
+    return pd.Series(bce).groupby(source_index).rank(method="first").to_numpy().astype(np.int64) - 1
 
 
 def main() -> None:
@@ -85,7 +79,7 @@ def main() -> None:
     for target, t in targets.items():
         bce = label_consistency(t[pool_src], p_pool)
         for keep, cached in ((1, "diadm_filter"), (2, "diadm_filter_2nd")):
-            rank = best_per_source(pool_src, bce)
+            rank = rank_per_source(pool_src, bce)
             picked = np.flatnonzero(rank < keep)
             name = f"{target}_{keep}"
             release = make_release(name, pool.images[picked], pool_src[picked], train, rank[picked])
@@ -107,7 +101,7 @@ def main() -> None:
                                    name=name, spaces=spaces)
                 row.update({"strongest": r["strongest_attacker"], "strongest risk": r["strongest_risk"],
                             "strongest upper bound": r["strongest_risk_hi"]})
-                row.update({f"{k} risk": r[f"{k}_risk"] for k in ATTACKERS if f"{k}_risk" in r})
+                row.update({f"{k} risk": r[f"{k}_risk"] for k in ATTACKER_LABELS if f"{k}_risk" in r})
             rows.append(row)
             print(row, flush=True)
     print()
