@@ -362,3 +362,55 @@ def test_stages_train_independent_verifiers(tmp_path, monkeypatch):
     key = pipe.key("reid_defender")
     assert pipeline.Pipeline({**cfg, "reid": {**cfg["reid"], "n_boot": 5}}, run_dir=tmp_path).key("reid_defender") == key
     assert pipeline.Pipeline({**cfg, "reid": {**cfg["reid"], "lr": 0.05}}, run_dir=tmp_path).key("reid_defender") != key
+
+
+# ------------------------------------------------------------------------------ retrieval loss
+def test_retrieval_loss_is_supervised_contrastive_on_the_head():
+    from trichotomy_lib.privacy.reid_train import retrieval_loss
+
+    model = random_verifier(3)
+    e = torch.rand(5, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    who = np.array(["a", "b", "a", "c", "a"])
+    got = retrieval_loss(model, e, who)
+    w, b = model.head.weight.detach()[0], float(model.head.bias.detach()[0])
+    s = [[float((e[i] - e[j]).abs() @ w + b) for j in range(5)] for i in range(5)]
+    want = []
+    for i in (0, 2, 4):                                   # the images whose patient has another image here
+        others = [j for j in range(5) if j != i]
+        pos = [j for j in others if who[j] == who[i]]
+        want.append(-np.log(sum(np.exp(s[i][j]) for j in pos) / sum(np.exp(s[i][j]) for j in others)))
+    assert float(got) == pytest.approx(float(np.mean(want)), rel=1e-5)
+    got.backward()
+    assert e.grad.abs().sum() > 0
+    # ranking the own patient first lowers it: pull the positives together
+    close = e.detach().clone()
+    close[[2, 4]] = close[0].clone()
+    assert float(retrieval_loss(model, close, who)) < float(got)
+    # a batch of singletons has no positive: 0, still differentiable
+    lone = torch.rand(3, 16, requires_grad=True)
+    zero = retrieval_loss(model, lone, ["a", "b", "c"])
+    assert float(zero) == 0.0 and zero.requires_grad
+    with pytest.raises(ValueError, match="3 embeddings for 2 patient ids"):
+        retrieval_loss(model, lone, ["a", "b"])
+
+
+def test_retrieval_loss_trains_retrieval_and_is_validated():
+    from trichotomy_lib.config import ConfigError
+    from trichotomy_lib.stages.reid import reid_config
+
+    train, val = identity_set(40, 3, seed=0), identity_set(12, 3, seed=1, first=100)
+    test = identity_set(60, 3, seed=2, first=200)
+    params = {**TINY, "epochs": 4}
+    plain, _ = train_verifier(train, val, params, seed=7, progress=False)
+    ranked, hist = train_verifier(train, val, {**params, "retrieval_loss": 1.0}, seed=7, progress=False)
+    again, _ = train_verifier(train, val, {**params, "retrieval_loss": 1.0}, seed=7, progress=False)
+    for (k, a), b in zip(ranked.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k                                      # deterministic given the seed
+    p_plain = precision_at_1(plain.embed(test), test.patient_ids)["value"]
+    p_ranked = precision_at_1(ranked.embed(test), test.patient_ids)["value"]
+    assert p_ranked > p_plain, (p_ranked, p_plain)                      # the term is what trains retrieval
+    for bad in (-0.5, "1", True):
+        with pytest.raises(ValueError, match="retrieval_loss"):
+            train_verifier(train, val, {**params, "retrieval_loss": bad}, seed=7, progress=False)
+        with pytest.raises(ConfigError, match="reid.retrieval_loss"):
+            reid_config({"reid": {"retrieval_loss": bad}})

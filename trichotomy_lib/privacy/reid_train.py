@@ -2,8 +2,9 @@
 
 Pairs (Packhäuser et al. 2022; paper code): within one split, every same-patient pair
 (capped per patient) plus as many random different-patient pairs — a balanced set. The
-loss is BCE on the verifier's logit w·|e1 − e2| + b; the epoch with the best validation
-pair AUROC is kept. Deterministic given the seed: initialisation, the per-epoch shuffles and
+loss is BCE on the verifier's logit w·|e1 − e2| + b, plus (``retrieval_loss`` > 0) an
+in-batch retrieval term on the same logit that ranks each image's own patient above every
+other patient in the batch; the epoch with the best validation pair AUROC is kept. Deterministic given the seed: initialisation, the per-epoch shuffles and
 augmentations come from generators seeded with ``seeds.derive(seed, ...)``, so a run resumed
 from its checkpoint continues exactly as an uninterrupted one.
 """
@@ -40,6 +41,10 @@ REID_DEFAULTS: dict = {
     "batch_size": 64,           # pairs per step (2×images through the encoder)
     "lr": 1e-3,                 # Adam learning rate
     "weight_decay": 0.0,        # Adam L2 penalty
+    "retrieval_loss": 0.0,      # weight λ of the in-batch retrieval term (``retrieval_loss``; >= 0, 0: BCE alone,
+                                #   the paper's recipe). Pair BCE separates one random pair at a time; λ = 1 ranks
+                                #   the right patient first among the batch's 2·batch_size images
+                                #   (``benchmarks/reid_retrieval.py``)
     "precision": "fp32",        # training step: "fp32", "bf16" (autocast) or "auto" (bf16 where the device has it
                                 #   natively, ``device.native_bf16``); embeddings are always computed in fp32. fp32:
                                 #   bf16 trains the default verifier no faster end to end (``benchmarks/precision.py``)
@@ -165,6 +170,40 @@ def augment(x: torch.Tensor, params: dict, generator: torch.Generator) -> torch.
 
 
 # ----------------------------------------------------------------------------- training
+def retrieval_loss(model: Verifier, e: torch.Tensor, patients) -> torch.Tensor:
+    """Multi-positive contrastive loss over a batch, scored by the verifier's own head.
+
+    With S_ij = w·|e_i − e_j| + b for every two images of the batch (the logit the verifier
+    scores pairs with), each image i that has another image of its patient in the batch adds
+    L_i = −log( Σ_{p ∈ P(i)} exp S_ip / Σ_{j ≠ i} exp S_ij ), P(i) = the other images of i's
+    patient (Khosla et al. 2020, supervised contrastive, with the head as similarity). Every
+    other patient's image is a negative, so the head learns to rank the right patient first —
+    retrieval — rather than only to separate one random pair from another.
+
+    Args:
+        model: the verifier (its ``head`` scores the pairs).
+        e: (N, D) embeddings of the batch, differentiable.
+        patients: (N,) patient of each row.
+
+    Returns the mean of L_i over the images with a positive (a 0 that keeps the graph when none has one).
+    """
+    patients = np.asarray(patients).astype(str)
+    if len(patients) != len(e):
+        raise ValueError(f"{len(e)} embeddings for {len(patients)} patient ids")
+    _, pid = np.unique(patients, return_inverse=True)
+    pid = torch.from_numpy(pid).to(e.device)
+    s = model.head((e[:, None, :] - e[None, :, :]).abs()).squeeze(-1).float()   # (N, N) logits
+    eye = torch.eye(len(e), dtype=torch.bool, device=e.device)
+    same = (pid[:, None] == pid[None, :]) & ~eye
+    anchors = same.any(1)
+    if not anchors.any():
+        return s.sum() * 0.0
+    s = s.masked_fill(eye, float("-inf"))
+    log_all = torch.logsumexp(s[anchors], 1)
+    log_pos = torch.logsumexp(s[anchors].masked_fill(~same[anchors], float("-inf")), 1)
+    return (log_all - log_pos).mean()
+
+
 def pair_auroc(model: Verifier, images: ImageSet, pairs: Pairs, batch_size: int = 256) -> float:
     """AUROC of the verifier's logits on ``pairs`` of ``images`` (embedding once per image)."""
     emb = model.embed(images, batch_size=batch_size)
@@ -202,6 +241,11 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
         raise ValueError(f"train images are {train.images.shape[1:]}, val images {val.images.shape[1:]}: sizes differ")
     if int(p["epochs"]) < 1 or int(p["batch_size"]) < 1 or not p["lr"] > 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {p['epochs']}, {p['batch_size']}, {p['lr']}")
+    if isinstance(p["retrieval_loss"], bool) or not isinstance(p["retrieval_loss"], (int, float)) \
+            or not p["retrieval_loss"] >= 0:
+        raise ValueError(f"reid.retrieval_loss must be a number >= 0 (0: BCE alone), got {p['retrieval_loss']!r}")
+    lam = float(p["retrieval_loss"])
+    patient_ids = np.asarray(train.patient_ids).astype(str)
     if pairs is None:
         pairs = sample_pairs(train.patient_ids, seeds.derive(seed, "pairs"), p["max_pos_per_patient"], split="train")
     if val_pairs is None:
@@ -253,6 +297,9 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
                 logits = model.head_logits(e[: len(idx)], e[len(idx):]).float()
             y = torch.from_numpy(epoch_pairs.label[idx]).float().to(device)
             loss = F.binary_cross_entropy_with_logits(logits, y)
+            if lam:
+                who = np.concatenate([patient_ids[epoch_pairs.a[idx]], patient_ids[epoch_pairs.b[idx]]])
+                loss = loss + lam * retrieval_loss(model, e.float(), who)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

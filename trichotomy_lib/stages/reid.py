@@ -29,10 +29,14 @@ _KEYS = ("seed", "data", *(f"reid.{k}" for k in TRAIN_KEYS if k != "auditor_pati
 
 @register_section("reid")
 def reid_config(cfg: dict) -> dict:
-    """The ``reid`` section over ``REID_DEFAULTS`` (unknown keys and an unknown precision rejected, naming them)."""
+    """The ``reid`` section over ``REID_DEFAULTS`` (unknown keys, an unknown precision and a
+    negative retrieval-loss weight rejected, naming them)."""
     merged = section(cfg, "reid", REID_DEFAULTS)
     if merged["precision"] not in PRECISIONS:
         raise ConfigError(f"reid.precision={merged['precision']!r}: choose one of {list(PRECISIONS)}")
+    lam = merged["retrieval_loss"]
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
+        raise ConfigError(f"reid.retrieval_loss={lam!r}: must be a number >= 0 (0: pair BCE alone)")
     return merged
 
 
@@ -41,19 +45,23 @@ def _save_npy(path, array) -> None:
         np.save(f, array, allow_pickle=False)
 
 
-def _role_data(ctx: StageContext, role: str):
-    """(train, val, val_pairs) of a role: who it trains on and the pairs that choose its epoch."""
-    seed = int(ctx.config["seed"])
-    splits = load_splits(ctx.pipeline)
+def role_data(pipe, cfg, role: str):
+    """(train, val, val_pairs) of a role: who it trains on and the pairs that choose its epoch.
+
+    ``pipe``: the pipeline (or a stage's view of it); ``cfg``: the resolved config (or the
+    stage's view: ``seed``, ``data``, ``reid.extra_patients``)."""
+    check_role(role)
+    seed = int(cfg["seed"])
+    splits = load_splits(pipe)
     for name in ("train", "val"):
         if name not in splits:
-            raise ValueError(f"{ctx.inputs['data']}: the data stage wrote no {name!r} split")
+            raise ValueError(f"{pipe.get('data')}: the data stage wrote no {name!r} split")
     if role == "defender":
-        train = defender_train_set(splits["train"], seed, ctx.config["data"], ctx.config["reid"]["extra_patients"])
+        train = defender_train_set(splits["train"], seed, cfg["data"], cfg["reid"]["extra_patients"])
         val = splits["val"]
         return train, val, sample_pairs(val.patient_ids, val_pairs_seed(seed), split="val")
     # a third party: its own patients for training and for choosing the epoch
-    train, val = auditor_split(load_populations(ctx.pipeline)["auditor"], seed)
+    train, val = auditor_split(load_populations(pipe)["auditor"], seed)
     return train, val, sample_pairs(val.patient_ids, seeds.derive(seed, "reid", "auditor", "val_pairs"), split="auditor val")
 
 
@@ -73,7 +81,7 @@ def fit_role(train, val, val_pairs, params: dict, role: str, own_seed: int, out,
 
 
 def _train_role(ctx: StageContext, role: str) -> None:
-    fit_role(*_role_data(ctx, role), ctx.config["reid"].to_dict(), role, role_seed(int(ctx.config["seed"]), role),
+    fit_role(*role_data(ctx.pipeline, ctx.config, role), ctx.config["reid"].to_dict(), role, role_seed(int(ctx.config["seed"]), role),
              ctx.out, desc=f"reid_{role}")
 
 
@@ -98,7 +106,7 @@ def reid_defender_replicas_stage(ctx: StageContext) -> None:
             if not (ctx.out / f"replica_{i}" / "verifier.json").exists()]
     for i in todo:
         (ctx.out / f"replica_{i}").mkdir(parents=True, exist_ok=True)
-    data = _role_data(ctx, "defender") if todo else ()
+    data = role_data(ctx.pipeline, ctx.config, "defender") if todo else ()
     run_jobs(fit_role, [(*data, ctx.config["reid"].to_dict(), "defender",
                          seeds.derive(seed, "reid", "defender", "replica", i), ctx.out / f"replica_{i}",
                          f"reid_defender replica {i}") for i in todo], desc="defender replicas")

@@ -1,0 +1,81 @@
+"""The verifier's retrieval: what the in-batch retrieval term buys over pair BCE alone.
+
+The verifier is trained on balanced same/different pairs with BCE (Packhäuser et al. 2022):
+each step separates random pairs, one at a time. Retrieval precision@1 asks more: among every
+image of a population, is the nearest one the same patient? With 1,000 test patients a
+verifier that separates random pairs well (AUROC 0.99) can still rank a look-alike first.
+``reid.retrieval_loss`` = λ adds, on the same head logit S_ij = w·|e_i − e_j| + b, a
+supervised-contrastive term over the batch (``reid_train.retrieval_loss``): every image's own
+patient against every other patient of the batch.
+
+For each λ this script trains a role's recipe exactly as its stage does (same training set,
+seed, pairs, validation pairs, epochs) and reports the seconds, the kept epoch, the validation
+split's precision@1 — λ is chosen on it, a population the privacy audit never plays on —
+and, for reading only, the test split's AUROC and precision@1 (notebook 01's numbers).
+
+    python benchmarks/reid_retrieval.py --profile default                       # ~15 min on 2 cores
+    python benchmarks/reid_retrieval.py --profile default --roles defender auditor --lambdas 0 1
+
+Run it after notebook 00 (``trichotomy reproduce --profile default --only 00``; it reads the
+pipeline's data cache, and generates the defender's extra patients itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+
+import trichotomy_lib.stages  # noqa: F401  (registers the stages)
+from trichotomy_lib import config, seeds
+from trichotomy_lib.evaluation.retrieval import precision_at_1
+from trichotomy_lib.pipeline import Pipeline
+from trichotomy_lib.privacy.reid_eval import evaluate_verifier
+from trichotomy_lib.privacy.reid_train import REID_DEFAULTS, sample_pairs, train_verifier
+from trichotomy_lib.privacy.roles import role_seed, test_pairs_seed
+from trichotomy_lib.results import to_markdown
+from trichotomy_lib.stages.data import load_splits
+from trichotomy_lib.stages.reid import role_data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--roles", nargs="+", default=["defender"], choices=["defender", "auditor"])
+    ap.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 1.0, 3.0],
+                    help="retrieval-loss weights to train (default 0 1 3)")
+    args = ap.parse_args()
+    pipe = Pipeline(config.resolve(args.profile), verbose=False)
+    cfg, seed = pipe.cfg, int(pipe.cfg["seed"])
+    test = load_splits(pipe)["test"]
+    test_pairs = sample_pairs(test.patient_ids, test_pairs_seed(seed), split="test")
+    base = {**REID_DEFAULTS, **cfg["reid"]}
+    rows = []
+    for role in args.roles:
+        train, val, val_pairs = role_data(pipe, cfg, role)
+        own = role_seed(seed, role)
+        pairs = sample_pairs(train.patient_ids, seeds.derive(own, "pairs"), base["max_pos_per_patient"],
+                             split=f"train ({role})")
+        for lam in args.lambdas:
+            t0 = time.perf_counter()
+            model, hist = train_verifier(train, val, {**base, "retrieval_loss": lam}, own, pairs=pairs,
+                                         val_pairs=val_pairs, desc=f"{role} λ={lam:g}")
+            seconds = time.perf_counter() - t0
+            ev = evaluate_verifier(model, test, test_pairs, name=role, n_boot=0)
+            p_val = precision_at_1(model.embed(val), val.patient_ids)
+            p_test = ev.metrics["precision_at_1"]
+            row = {"role": role, "retrieval_loss": lam, "train seconds": round(seconds, 1),
+                   "epochs run": len(hist["val_auroc"]), "kept epoch": hist["best_epoch"],
+                   "val pair AUROC": hist["best_val_auroc"], "val precision@1": p_val["value"],
+                   "val patients": int(val.n_patients), "test AUROC": ev.metrics["auroc"][0],
+                   "test precision@1": p_test["value"], "test precision@1 lo": p_test["lo"],
+                   "test precision@1 hi": p_test["hi"], "test patients": int(test.n_patients)}
+            rows.append(row)
+            print(row, flush=True)
+    print()
+    print(to_markdown(pd.DataFrame(rows).set_index(["role", "retrieval_loss"]), ".3f"))
+
+
+if __name__ == "__main__":
+    main()
