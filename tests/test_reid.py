@@ -414,3 +414,22 @@ def test_retrieval_loss_trains_retrieval_and_is_validated():
             train_verifier(train, val, {**params, "retrieval_loss": bad}, seed=7, progress=False)
         with pytest.raises(ConfigError, match="reid.retrieval_loss"):
             reid_config({"reid": {"retrieval_loss": bad}})
+
+
+def test_retrieval_against_target_reports_the_shortfall():
+    from trichotomy_lib.analysis.reid import retrieval_against_target
+    from trichotomy_lib.privacy.reid_eval import Evaluation
+
+    def ev(value, lo, hi):
+        e = Evaluation("x", None, np.zeros(1), np.zeros(1))
+        e.metrics = {"precision_at_1": {"value": value, "lo": lo, "hi": hi, "n": 100}}
+        return e
+
+    table = retrieval_against_target({"defender": ev(0.90, 0.88, 0.92), "auditor": ev(0.97, 0.96, 0.98),
+                                      "raw pixels": ev(0.1, 0.05, 0.15)})
+    assert list(table.index) == ["defender", "auditor"]
+    assert table.loc["defender", "short by (points)"] == pytest.approx(3.0)
+    assert not table.loc["defender", "met"]
+    assert table.loc["auditor", "short by (points)"] == 0.0 and table.loc["auditor", "met"]
+    with pytest.raises(ValueError, match="target"):
+        retrieval_against_target({}, target=1.5)

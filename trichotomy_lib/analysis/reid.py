@@ -13,7 +13,7 @@ from ..privacy.roles import ROLES, test_pairs_seed, val_pairs_seed
 from ..stages.data import load_splits
 from ..stages.reid import load_verifier, training_info, training_pairs
 
-__all__ = ["reid_training", "independence", "evaluate", "reid_metrics"]
+__all__ = ["reid_training", "independence", "evaluate", "reid_metrics", "retrieval_against_target"]
 
 
 def reid_training(pipe: Pipeline) -> pd.DataFrame:
@@ -82,3 +82,23 @@ def reid_metrics(report: dict[str, Evaluation]) -> pd.DataFrame:
 def hardest_pair_probability(ev: Evaluation, k: int) -> float:
     """P(same patient) of pair ``k`` of an evaluation (sigmoid of its logit)."""
     return float(1.0 / (1.0 + np.exp(-ev.scores[k])))
+
+
+def retrieval_against_target(report: dict[str, Evaluation], target: float = 0.95) -> pd.DataFrame:
+    """Each verifier's test precision@1 against a target (default 0.95; Packhäuser et al. report
+    0.996 on ChestX-ray14): the value, its Wilson interval, the test patients it ranks among,
+    and by how many points the interval's upper end falls short (0 when the target is inside
+    or below the interval)."""
+    if not 0 < target <= 1:
+        raise ValueError(f"target precision@1 must be in (0, 1], got {target!r}")
+    rows = {}
+    for name, ev in report.items():
+        if name == "raw pixels":
+            continue
+        p1 = ev.metrics["precision_at_1"]
+        rows[name] = {"precision@1": p1["value"], "lo": p1["lo"], "hi": p1["hi"], "queries": p1["n"],
+                      "target": target, "short by (points)": round(max(0.0, target - p1["hi"]) * 100, 1),
+                      "met": bool(p1["lo"] >= target)}
+    table = pd.DataFrame(rows).T
+    table.index.name = "verifier"
+    return table
