@@ -4,8 +4,8 @@ Pairs (Packhäuser et al. 2022; paper code): within one split, every same-patien
 (capped per patient) plus as many random different-patient pairs — a balanced set. The
 loss is BCE on the verifier's logit w·|e1 − e2| + b, plus (``retrieval_loss`` > 0) an
 in-batch retrieval term on the same logit that ranks each image's own patient above every
-other patient in the batch; the epoch with the best validation pair AUROC is kept. Deterministic given the seed: initialisation, the per-epoch shuffles and
-augmentations come from generators seeded with ``seeds.derive(seed, ...)``, so a run resumed
+other patient in the batch; the epoch with the best validation pair AUROC is kept.
+Deterministic given the seed: initialisation, the per-epoch shuffles and augmentations come from generators seeded with ``seeds.derive(seed, ...)``, so a run resumed
 from its checkpoint continues exactly as an uninterrupted one.
 """
 
@@ -170,6 +170,13 @@ def augment(x: torch.Tensor, params: dict, generator: torch.Generator) -> torch.
 
 
 # ----------------------------------------------------------------------------- training
+def check_retrieval_weight(value) -> float:
+    """``reid.retrieval_loss`` as a float; a ValueError naming it unless a number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"reid.retrieval_loss must be a number >= 0 (0: pair BCE alone), got {value!r}")
+    return float(value)
+
+
 def retrieval_loss(model: Verifier, e: torch.Tensor, patients) -> torch.Tensor:
     """Multi-positive contrastive loss over a batch, scored by the verifier's own head.
 
@@ -241,10 +248,7 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
         raise ValueError(f"train images are {train.images.shape[1:]}, val images {val.images.shape[1:]}: sizes differ")
     if int(p["epochs"]) < 1 or int(p["batch_size"]) < 1 or not p["lr"] > 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {p['epochs']}, {p['batch_size']}, {p['lr']}")
-    if isinstance(p["retrieval_loss"], bool) or not isinstance(p["retrieval_loss"], (int, float)) \
-            or not p["retrieval_loss"] >= 0:
-        raise ValueError(f"reid.retrieval_loss must be a number >= 0 (0: BCE alone), got {p['retrieval_loss']!r}")
-    lam = float(p["retrieval_loss"])
+    lam = check_retrieval_weight(p["retrieval_loss"])
     patient_ids = np.asarray(train.patient_ids).astype(str)
     if pairs is None:
         pairs = sample_pairs(train.patient_ids, seeds.derive(seed, "pairs"), p["max_pos_per_patient"], split="train")

@@ -18,7 +18,7 @@ from ..io import atomic_path
 from ..jobs import run_jobs
 from ..pipeline import Pipeline, StageContext, stage
 from ..privacy.reid_model import Verifier
-from ..privacy.reid_train import REID_DEFAULTS, TRAIN_KEYS, sample_pairs, train_verifier
+from ..privacy.reid_train import REID_DEFAULTS, TRAIN_KEYS, check_retrieval_weight, sample_pairs, train_verifier
 from ..privacy.roles import ROLES, auditor_split, check_role, defender_train_set, role_seed, val_pairs_seed
 from .. import seeds
 from .data import load_splits
@@ -34,9 +34,10 @@ def reid_config(cfg: dict) -> dict:
     merged = section(cfg, "reid", REID_DEFAULTS)
     if merged["precision"] not in PRECISIONS:
         raise ConfigError(f"reid.precision={merged['precision']!r}: choose one of {list(PRECISIONS)}")
-    lam = merged["retrieval_loss"]
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-        raise ConfigError(f"reid.retrieval_loss={lam!r}: must be a number >= 0 (0: pair BCE alone)")
+    try:
+        check_retrieval_weight(merged["retrieval_loss"])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return merged
 
 
