@@ -39,7 +39,6 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 from trichotomy_lib import config
@@ -52,30 +51,20 @@ from trichotomy_lib.results import to_markdown
 ROWS = ("edm_class", "diadm_raw")
 
 
-def nested(dotted: str, value) -> dict:
-    """``"diffusion.train.steps", 6000`` → ``{"diffusion": {"train": {"steps": 6000}}}``."""
-    out: dict = value
-    for part in reversed(dotted.split(".")):
-        out = {part: out}
-    return out
-
-
 def point_config(profile: str, run_root: str | None, seeds: int, *levers: tuple[str, object]) -> dict:
     """The profile with the given ``(dotted key, value)`` levers changed, ``seeds`` classifier seeds."""
     overrides: dict = {"utility": {"seeds": seeds}}
     if run_root is not None:
         overrides["run_root"] = run_root
-    for key, value in levers:
-        overrides = config.deep_merge(overrides, nested(key, value))
-    return config.deep_merge(config.resolve(profile), overrides)
+    return config.with_settings(config.deep_merge(config.resolve(profile), overrides), *levers)
 
 
 def parse_set(text: str) -> tuple[str, object]:
-    """``"diffusion.train.p_mean=-0.8"`` → ``("diffusion.train.p_mean", -0.8)`` (the value read as YAML)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key or "." not in key:
-        raise SystemExit(f"--set expects SECTION.KEY=VALUE (e.g. diffusion.train.p_mean=-0.8), got {text!r}")
-    return key, yaml.safe_load(value)
+    """One ``--set`` argument as ``(dotted key, value)``; a malformed one stops the script, naming it."""
+    try:
+        return config.parse_setting(text)
+    except config.ConfigError as e:
+        raise SystemExit(f"--set: {e}") from None
 
 
 def measure(cfg: dict, lever: str, value) -> list[dict]:

@@ -15,6 +15,10 @@ and, for reading only, the test split's AUROC and precision@1 (notebook 01's num
 
     python benchmarks/reid_retrieval.py --profile default                       # ~15 min on 2 cores
     python benchmarks/reid_retrieval.py --profile default --roles defender auditor --lambdas 0 1
+    python benchmarks/reid_retrieval.py --roles auditor --lambdas 3 --set reid.auditor_patients=2000
+
+``--set`` changes profile settings for every point (the levers beside λ: the number of
+training patients, ``reid.width``, ``reid.epochs``, …); each row names the settings it ran with.
 
 Run it after notebook 00 (``trichotomy reproduce --profile default --only 00``; it reads the
 pipeline's data cache, and generates the defender's extra patients itself).
@@ -45,8 +49,14 @@ def main() -> None:
     ap.add_argument("--roles", nargs="+", default=["defender"], choices=["defender", "auditor"])
     ap.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 1.0, 3.0],
                     help="retrieval-loss weights to train (default 0 1 3)")
+    ap.add_argument("--set", dest="settings", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                    help="profile settings changed for every point, e.g. reid.auditor_patients=2000 reid.width=24")
     args = ap.parse_args()
-    pipe = Pipeline(config.resolve(args.profile), verbose=False)
+    try:
+        settings = [config.parse_setting(text) for text in args.settings]
+    except config.ConfigError as e:
+        raise SystemExit(f"--set: {e}") from None
+    pipe = Pipeline(config.with_settings(config.resolve(args.profile), *settings), verbose=False)
     cfg, seed = pipe.cfg, int(pipe.cfg["seed"])
     test = load_splits(pipe)["test"]
     test_pairs = sample_pairs(test.patient_ids, test_pairs_seed(seed), split="test")
@@ -65,7 +75,8 @@ def main() -> None:
             ev = evaluate_verifier(model, test, test_pairs, name=role, n_boot=0)
             p_val = precision_at_1(model.embed(val), val.patient_ids)
             p_test = ev.metrics["precision_at_1"]
-            row = {"role": role, "retrieval_loss": lam, "train seconds": round(seconds, 1),
+            row = {"role": role, "retrieval_loss": lam,
+                   "settings": " ".join(args.settings) or "(profile)", "train seconds": round(seconds, 1),
                    "epochs run": len(hist["val_auroc"]), "kept epoch": hist["best_epoch"],
                    "val pair AUROC": hist["best_val_auroc"], "val precision@1": p_val["value"],
                    "val patients": int(val.n_patients), "test AUROC": ev.metrics["auroc"][0],
@@ -74,7 +85,7 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
     print()
-    print(to_markdown(pd.DataFrame(rows).set_index(["role", "retrieval_loss"]), ".3f"))
+    print(to_markdown(pd.DataFrame(rows).set_index(["role", "retrieval_loss", "settings"]), ".3f"))
 
 
 if __name__ == "__main__":

@@ -57,3 +57,21 @@ def test_run_and_figures_dirs(tmp_path):
     assert config.run_dir(cfg) == tmp_path / "p"
     assert config.figures_dir(cfg) == tmp_path / "p" / "figures"
     assert config.figures_dir(cfg | {"figures_dir": str(tmp_path / "f")}) == tmp_path / "f"
+
+
+def test_dotted_settings_parse_as_yaml_and_set_one_leaf():
+    assert config.parse_setting("reid.auditor_patients=2000") == ("reid.auditor_patients", 2000)
+    assert config.parse_setting("diffusion.network.channels=[48, 96]") == ("diffusion.network.channels", [48, 96])
+    assert config.parse_setting("generate.filter.guidance=1.7") == ("generate.filter.guidance", 1.7)
+    for bad in ("reid.width", "width=3", "reid..width=3", "=3", "reid.width=[1,"):
+        with pytest.raises(ConfigError, match=r"SECTION\.KEY=VALUE|not YAML"):
+            config.parse_setting(bad)
+    base = config.resolve("smoke")
+    cfg = config.with_settings(base, ("reid.width", 24), ("generate.filter.k", 5))
+    assert cfg["reid"]["width"] == 24 and cfg["generate"]["filter"]["k"] == 5
+    # every other leaf is untouched, and the base is not mutated
+    assert {k: v for k, v in cfg["reid"].items() if k != "width"} == {
+        k: v for k, v in base["reid"].items() if k != "width"}
+    assert cfg["generate"]["filter"]["round_size"] == base["generate"]["filter"]["round_size"]
+    assert base["reid"]["width"] != 24
+    assert config.with_settings(base) == base and config.with_settings(base) is not base

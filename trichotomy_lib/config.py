@@ -92,6 +92,35 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def nested(dotted: str, value) -> dict:
+    """``"diffusion.train.steps", 6000`` → ``{"diffusion": {"train": {"steps": 6000}}}``."""
+    out = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``"diffusion.train.p_mean=-0.8"`` → ``("diffusion.train.p_mean", -0.8)``, the value read as YAML.
+
+    Raises ``ConfigError`` naming the text unless it reads ``SECTION.KEY=VALUE``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or "." not in key or "" in key.split("."):
+        raise ConfigError(f"expected SECTION.KEY=VALUE (e.g. diffusion.train.p_mean=-0.8), got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{text!r}: the value is not YAML ({e})") from None
+
+
+def with_settings(cfg: dict, *settings: tuple[str, object]) -> dict:
+    """``cfg`` with each ``(dotted key, value)`` of ``settings`` set (a copy; nested dicts merge)."""
+    out = cfg
+    for key, value in settings:
+        out = deep_merge(out, nested(key, value))
+    return out if settings else copy.deepcopy(cfg)
+
+
 def resolve(profile: str | os.PathLike = "smoke", overrides: dict | None = None) -> dict:
     """The profile's parameters with every non-None override on top (dicts merge key by key).
 
