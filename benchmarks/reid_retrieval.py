@@ -40,7 +40,7 @@ from trichotomy_lib.privacy.reid_train import REID_DEFAULTS, sample_pairs, train
 from trichotomy_lib.privacy.roles import role_seed, test_pairs_seed
 from trichotomy_lib.results import to_markdown
 from trichotomy_lib.stages.data import load_splits
-from trichotomy_lib.stages.reid import role_data
+from trichotomy_lib.stages.reid import role_data, role_params
 
 
 def main() -> None:
@@ -60,9 +60,9 @@ def main() -> None:
     cfg, seed = pipe.cfg, int(pipe.cfg["seed"])
     test = load_splits(pipe)["test"]
     test_pairs = sample_pairs(test.patient_ids, test_pairs_seed(seed), split="test")
-    base = {**REID_DEFAULTS, **cfg["reid"]}
     rows = []
     for role in args.roles:
+        base = {**REID_DEFAULTS, **role_params(cfg["reid"], role)}
         train, val, val_pairs = role_data(pipe, cfg, role)
         own = role_seed(seed, role)
         pairs = sample_pairs(train.patient_ids, seeds.derive(own, "pairs"), base["max_pos_per_patient"],

@@ -433,3 +433,35 @@ def test_retrieval_against_target_reports_the_shortfall():
     assert table.loc["auditor", "short by (points)"] == 0.0 and table.loc["auditor", "met"]
     with pytest.raises(ValueError, match="target"):
         retrieval_against_target({}, target=1.5)
+
+
+def test_auditor_settings_override_only_the_auditor():
+    """``reid.auditor`` changes the auditor's recipe, its stage key and nothing of the defender's."""
+    from trichotomy_lib import config
+    from trichotomy_lib.config import ConfigError, ConfigView
+    from trichotomy_lib.pipeline import Pipeline
+    from trichotomy_lib.stages.reid import reid_config, role_params
+
+    import trichotomy_lib.stages  # noqa: F401  (registers the stages and the reid section)
+
+    base = config.validate(config.resolve("smoke"))
+    wide = config.validate(config.with_settings(base, ("reid.auditor", {"width": 32, "epochs": 3})))
+    assert wide["reid"]["width"] == base["reid"]["width"] != 32
+    assert reid_config({"reid": wide["reid"]}) == wide["reid"]              # idempotent
+    pipes = {name: Pipeline(c, verbose=False) for name, c in (("base", base), ("wide", wide))}
+    for name, want_width, want_epochs in (("reid_auditor", 32, 3),
+                                          ("reid_defender", base["reid"]["width"], base["reid"]["epochs"]),
+                                          ("reid_defender_replicas", base["reid"]["width"], base["reid"]["epochs"])):
+        role = "auditor" if name == "reid_auditor" else "defender"
+        view = ConfigView(wide, pipes["wide"].stage(name).keys, name)       # what the stage itself reads
+        params = role_params(view["reid"], role)
+        assert (params["width"], params["epochs"]) == (want_width, want_epochs), name
+        assert "auditor" not in params
+        moved = pipes["wide"].key(name) != pipes["base"].key(name)
+        assert moved == (role == "auditor"), name                          # only the auditor retrains
+    assert role_params(wide["reid"], "defender") == role_params(base["reid"], "defender")
+    for bad, field in (({"widht": 3}, "reid.auditor.widht"), ({"extra_patients": 5}, "reid.auditor.extra_patients"),
+                       (3, "reid.auditor must be a mapping"), ({"retrieval_loss": -1}, "reid.auditor.retrieval_loss"),
+                       ({"precision": "half"}, "reid.auditor.precision")):
+        with pytest.raises(ConfigError, match=field):
+            reid_config({"reid": {"auditor": bad}})

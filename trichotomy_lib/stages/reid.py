@@ -25,20 +25,48 @@ from .data import load_splits
 from .populations import load_populations
 
 _KEYS = ("seed", "data", *(f"reid.{k}" for k in TRAIN_KEYS if k != "auditor_patients"))
+_AUDITOR_KEYS = (*_KEYS, "reid.auditor")
+
+# ``reid.auditor``: the auditor's recipe where it differs from the defender's (e.g. {width: 32}).
+# Who trains on which patients is not a recipe setting, so those keys stay out of it.
+AUDITOR_OVERRIDE_KEYS: tuple[str, ...] = tuple(k for k in TRAIN_KEYS if k not in ("auditor_patients", "extra_patients"))
+
+
+def _check_recipe(params: dict, where: str) -> None:
+    if "precision" in params and params["precision"] not in PRECISIONS:
+        raise ConfigError(f"{where}precision={params['precision']!r}: choose one of {list(PRECISIONS)}")
+    if "retrieval_loss" in params:
+        try:
+            check_retrieval_weight(params["retrieval_loss"])
+        except ValueError as err:
+            raise ConfigError(str(err).replace("reid.retrieval_loss", f"{where}retrieval_loss")) from None
 
 
 @register_section("reid")
 def reid_config(cfg: dict) -> dict:
-    """The ``reid`` section over ``REID_DEFAULTS`` (unknown keys, an unknown precision and a
-    negative retrieval-loss weight rejected, naming them)."""
-    merged = section(cfg, "reid", REID_DEFAULTS)
-    if merged["precision"] not in PRECISIONS:
-        raise ConfigError(f"reid.precision={merged['precision']!r}: choose one of {list(PRECISIONS)}")
-    try:
-        check_retrieval_weight(merged["retrieval_loss"])
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    """The ``reid`` section over ``REID_DEFAULTS`` plus ``auditor: {}`` (unknown keys, an unknown
+    precision and a negative retrieval-loss weight rejected, naming them; ``reid.auditor`` may
+    hold only recipe keys, ``AUDITOR_OVERRIDE_KEYS``)."""
+    merged = section(cfg, "reid", {**REID_DEFAULTS, "auditor": {}})
+    own = merged["auditor"]
+    if not isinstance(own, dict):
+        raise ConfigError(f"reid.auditor must be a mapping of the auditor's own settings, got {own!r}")
+    unknown = sorted(set(own) - set(AUDITOR_OVERRIDE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in 'reid.auditor': {[f'reid.auditor.{k}' for k in unknown]}; "
+                          f"known: {sorted(AUDITOR_OVERRIDE_KEYS)}")
+    _check_recipe(merged, "reid.")
+    _check_recipe(own, "reid.auditor.")
     return merged
+
+
+def role_params(reid, role: str) -> dict:
+    """The training parameters of ``role``: the ``reid`` section (a dict or a stage's view of it)
+    without ``auditor``, and for the auditor with ``reid.auditor`` on top."""
+    check_role(role)
+    reid = reid.to_dict() if hasattr(reid, "to_dict") else dict(reid)
+    own = reid.pop("auditor", None) or {}
+    return {**reid, **own} if role == "auditor" else reid
 
 
 def _save_npy(path, array) -> None:
@@ -82,8 +110,8 @@ def fit_role(train, val, val_pairs, params: dict, role: str, own_seed: int, out,
 
 
 def _train_role(ctx: StageContext, role: str) -> None:
-    fit_role(*role_data(ctx.pipeline, ctx.config, role), ctx.config["reid"].to_dict(), role, role_seed(int(ctx.config["seed"]), role),
-             ctx.out, desc=f"reid_{role}")
+    fit_role(*role_data(ctx.pipeline, ctx.config, role), role_params(ctx.config["reid"], role), role,
+             role_seed(int(ctx.config["seed"]), role), ctx.out, desc=f"reid_{role}")
 
 
 @stage("reid_defender", keys=_KEYS, deps=("data",), version=4)
@@ -92,7 +120,7 @@ def reid_defender_stage(ctx: StageContext) -> None:
     _train_role(ctx, "defender")
 
 
-@stage("reid_auditor", keys=_KEYS, deps=("data", "control_population"), version=4)
+@stage("reid_auditor", keys=_AUDITOR_KEYS, deps=("data", "control_population"), version=4)
 def reid_auditor_stage(ctx: StageContext) -> None:
     """Train the auditor verifier on its own population only (no training, control or weight patient)."""
     _train_role(ctx, "auditor")
@@ -108,7 +136,7 @@ def reid_defender_replicas_stage(ctx: StageContext) -> None:
     for i in todo:
         (ctx.out / f"replica_{i}").mkdir(parents=True, exist_ok=True)
     data = role_data(ctx.pipeline, ctx.config, "defender") if todo else ()
-    run_jobs(fit_role, [(*data, ctx.config["reid"].to_dict(), "defender",
+    run_jobs(fit_role, [(*data, role_params(ctx.config["reid"], "defender"), "defender",
                          seeds.derive(seed, "reid", "defender", "replica", i), ctx.out / f"replica_{i}",
                          f"reid_defender replica {i}") for i in todo], desc="defender replicas")
 
@@ -141,4 +169,4 @@ def training_pairs(pipe: Pipeline, role: str) -> dict:
     return out
 
 
-__all__ = ["ROLES", "reid_config", "load_verifier", "training_info", "training_pairs"]
+__all__ = ["ROLES", "reid_config", "role_params", "load_verifier", "training_info", "training_pairs"]
