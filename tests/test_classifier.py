@@ -158,8 +158,12 @@ def test_save_load_round_trip(tiny, data, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier.json", "classifier.safetensors"]
     loaded = Classifier.load(tmp_path)
     x = data["test"].tensor()
-    assert np.array_equal(tiny.predict_proba(x), loaded.predict_proba(x))
-    assert np.array_equal(tiny.predict_proba(data["test"], batch_size=7), loaded.predict_proba(x))  # ImageSet input, batching
+    p_ref = loaded.predict_proba(x)
+    assert np.array_equal(tiny.predict_proba(x), p_ref)
+    # ImageSet input, batching: the same numbers up to float rounding (oneDNN's fp32 convolutions on
+    # AVX-512 CPUs sum in an order that depends on the batch size)
+    batched = tiny.predict_proba(data["test"], batch_size=7)
+    assert batched.shape == p_ref.shape and np.abs(batched - p_ref).max() < 1e-5, np.abs(batched - p_ref).max()
     assert loaded.history == tiny.history and loaded.best_epoch == tiny.best_epoch
     assert loaded.hparams["image_shape"] == [16, 16] and loaded.hparams["labels"] == list(LABELS)
     p = loaded.predict_proba(x)
