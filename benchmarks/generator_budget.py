@@ -97,6 +97,9 @@ def main() -> None:
     ap.add_argument("--set", dest="levers", action="append", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                     help="one more point with these settings changed, e.g. diffusion.train.p_mean=-0.8 or "
                          "diffusion.network.channels=[48,96,192] diffusion.train.steps=1333 (repeatable; one point each)")
+    ap.add_argument("--previous", default=None, metavar="CSV",
+                    help="rows of an earlier run of this script (its .csv, same machine) to keep beside this run's; "
+                         "a point measured again here replaces its earlier rows")
     ap.add_argument("--seeds", type=int, default=1, help="classifier seeds per row (>= 1)")
     ap.add_argument("--out", default=None,
                     help=f"output stem (.md, .csv); default <figures_dir>/{GENERATOR_BUDGET}, which notebook 07 reads")
@@ -119,6 +122,13 @@ def main() -> None:
         rows += measure(point_config(args.profile, args.run_root, args.seeds, ("diffusion.train.steps", steps)),
                         "steps", steps)
     table = pd.DataFrame(rows)
+    if args.previous:
+        before = pd.read_csv(args.previous, dtype={"value": str})
+        missing = sorted(set(table.columns) - set(before.columns))
+        if missing:
+            raise SystemExit(f"--previous {args.previous}: not a table of this script (no column(s) {missing})")
+        again = before.set_index(["lever", "value"]).index.isin(table.set_index(["lever", "value"]).index)
+        table = pd.concat([before[~again][table.columns], table], ignore_index=True)
     fit = budget_fit(table)
     out = Path(args.out) if args.out else config.figures_dir(config.resolve(args.profile)) / GENERATOR_BUDGET
     with atomic_path(out.with_suffix(".csv")) as tmp:

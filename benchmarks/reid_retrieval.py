@@ -18,7 +18,12 @@ and, for reading only, the test split's AUROC and precision@1 (notebook 01's num
     python benchmarks/reid_retrieval.py --roles auditor --lambdas 3 --set reid.auditor_patients=2000
 
 ``--set`` changes profile settings for every point (the levers beside λ: the number of
-training patients, ``reid.width``, ``reid.epochs``, …); each row names the settings it ran with.
+training patients, ``reid.width``, ``reid.epochs``, …); each ``--variant`` adds points with more
+settings changed on top, trained in the same process beside the reference (``--set`` alone), so
+a lever is read against a reference of the same machine and draw; each row names its settings.
+
+    python benchmarks/reid_retrieval.py --roles defender --lambdas 3 \
+        --variant reid.lr_schedule=cosine reid.patience=null --variant reid.select=precision_at_1
 
 Run it after notebook 00 (``trichotomy reproduce --profile default --only 00``; it reads the
 pipeline's data cache, and generates the defender's extra patients itself).
@@ -51,17 +56,24 @@ def main() -> None:
                     help="retrieval-loss weights to train (default 0 1 3)")
     ap.add_argument("--set", dest="settings", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                     help="profile settings changed for every point, e.g. reid.auditor_patients=2000 reid.width=24")
+    ap.add_argument("--variant", dest="variants", action="append", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                    help="one more point per λ with these settings changed on top of --set (repeatable)")
     args = ap.parse_args()
     try:
         settings = [config.parse_setting(text) for text in args.settings]
+        variants = [[config.parse_setting(text) for text in v] for v in args.variants]
     except config.ConfigError as e:
-        raise SystemExit(f"--set: {e}") from None
-    pipe = Pipeline(config.with_settings(config.resolve(args.profile), *settings), verbose=False)
-    cfg, seed = pipe.cfg, int(pipe.cfg["seed"])
-    test = load_splits(pipe)["test"]
+        raise SystemExit(f"--set/--variant: {e}") from None
+    reference = config.with_settings(config.resolve(args.profile), *settings)
+    points = [(" ".join(args.settings) or "(profile)", Pipeline(reference, verbose=False))]
+    points += [(" ".join([*args.settings, *text]), Pipeline(config.with_settings(reference, *changes), verbose=False))
+               for text, changes in zip(args.variants, variants)]   # every point's config validated before training
+    seed = int(reference["seed"])
+    test = load_splits(points[0][1])["test"]
     test_pairs = sample_pairs(test.patient_ids, test_pairs_seed(seed), split="test")
     rows = []
-    for role in args.roles:
+    for role, (label, pipe) in ((r, pt) for r in args.roles for pt in points):
+        cfg = pipe.cfg
         base = {**REID_DEFAULTS, **role_params(cfg["reid"], role)}
         train, val, val_pairs = role_data(pipe, cfg, role)
         own = role_seed(seed, role)
@@ -76,7 +88,7 @@ def main() -> None:
             p_val = precision_at_1(model.embed(val), val.patient_ids)
             p_test = ev.metrics["precision_at_1"]
             row = {"role": role, "retrieval_loss": lam,
-                   "settings": " ".join(args.settings) or "(profile)", "train seconds": round(seconds, 1),
+                   "settings": label, "train seconds": round(seconds, 1),
                    "epochs run": len(hist["val_auroc"]), "kept epoch": hist["best_epoch"],
                    "val pair AUROC": hist["best_val_auroc"], "val precision@1": p_val["value"],
                    "val patients": int(val.n_patients), "test AUROC": ev.metrics["auroc"][0],

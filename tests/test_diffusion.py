@@ -197,6 +197,41 @@ def test_training_hyperparameter_and_data_errors(tmp_path):
         train_denoiser(tiny(), images[:, :, :8], tmp_path, HP, progress=False)
 
 
+def test_embed_noise_trains_on_the_sampling_time_condition(tmp_path, monkeypatch):
+    """embed_noise = σ: the network is trained on sqrt(D)·(e + σn)/‖e + σn‖ (the condition DiADM
+    samples with), a fresh n every step; σ = 0 passes the embeddings through unchanged."""
+    from trichotomy_lib.diffusion import train as train_mod
+
+    images, labels, emb = blobs()
+    emb = emb / emb.norm(dim=1, keepdim=True) * math.sqrt(emb.shape[1])
+    seen, real_loss = [], train_mod.edm_loss
+
+    def spy(model, y, sigma, noise, lab, e, sigma_data):
+        seen.append(e.clone())
+        return real_loss(model, y, sigma, noise, lab, e, sigma_data)
+
+    monkeypatch.setattr(train_mod, "edm_loss", spy)
+    hp = {**HP, "guide_step": None, "embed_dropout": 0.0}
+    runs = {}
+    for sigma in (0.0, 2.0):
+        seen.clear()
+        runs[sigma] = train_denoiser(tiny(label_dim=8, embed_dim=12), images, tmp_path / str(sigma),
+                                     {**hp, "embed_noise": sigma}, labels, emb, seed=3, progress=False)
+        runs[sigma]["seen"] = torch.cat(seen)
+    clean, noised = runs[0.0]["seen"], runs[2.0]["seen"]
+    assert any(torch.equal(clean[0], e) for e in emb)                        # σ = 0: the embeddings as they are
+    assert torch.allclose(noised.norm(dim=1), torch.full((len(noised),), math.sqrt(12)), atol=1e-4)
+    assert not any(torch.allclose(noised[0], e, atol=1e-3) for e in emb)     # σ = 2: never the clean embedding
+    first = HP["batch_size"]                                                # step 0 draws the same images in both runs
+    cos = torch.nn.functional.cosine_similarity(noised[:first], clean[:first], dim=1)
+    assert 0.25 < float(cos.mean()) < 0.65                                   # E cos ≈ 1/sqrt(1 + σ²) = 0.45
+    a, b = runs[0.0]["net"].state_dict(), runs[2.0]["net"].state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    for bad in (-1.0, "2", True):
+        with pytest.raises(ValueError, match="train.embed_noise"):
+            check_hyperparameters({"embed_noise": bad})
+
+
 def test_training_reduces_loss(tmp_path):
     images, labels, emb = blobs(64)
     hp = {**HP, "steps": 40, "batch_size": 16, "lr": 3e-3, "checkpoint_every": 40, "guide_step": None}

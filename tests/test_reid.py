@@ -297,7 +297,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, monkeypatch):
     train, val = identity_set(12, 3, seed=0), identity_set(6, 3, seed=1, first=100)
     params = {**TINY, "epochs": 3}
     reference, ref_hist = train_verifier(train, val, params, seed=1, progress=False)
-    real, calls = reid_train.pair_auroc, {"n": 0}
+    real, calls = reid_train.validation_scores, {"n": 0}
 
     def crash_on_second_epoch(*args, **kwargs):
         calls["n"] += 1
@@ -305,11 +305,11 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(reid_train, "pair_auroc", crash_on_second_epoch)
+    monkeypatch.setattr(reid_train, "validation_scores", crash_on_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_verifier(train, val, params, seed=1, checkpoint_dir=tmp_path, progress=False)
     assert (tmp_path / reid_train.TRAINING_STATE_FILE).exists()
-    monkeypatch.setattr(reid_train, "pair_auroc", real)
+    monkeypatch.setattr(reid_train, "validation_scores", real)
     resumed, hist = train_verifier(train, val, params, seed=1, checkpoint_dir=tmp_path, progress=False)
     assert hist["val_auroc"] == ref_hist["val_auroc"]
     for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
@@ -414,6 +414,44 @@ def test_retrieval_loss_trains_retrieval_and_is_validated():
             train_verifier(train, val, {**params, "retrieval_loss": bad}, seed=7, progress=False)
         with pytest.raises(ConfigError, match="reid.retrieval_loss"):
             reid_config({"reid": {"retrieval_loss": bad}})
+
+
+def test_lr_schedule_and_epoch_selection(monkeypatch):
+    from trichotomy_lib.config import ConfigError
+    from trichotomy_lib.privacy import reid_train
+    from trichotomy_lib.privacy.reid_train import learning_rate
+    from trichotomy_lib.stages.reid import reid_config
+
+    cosine = {"lr": 0.002, "lr_schedule": "cosine"}
+    assert learning_rate(cosine, 0, 100) == 0.002
+    assert learning_rate(cosine, 50, 100) == pytest.approx(0.001)
+    assert learning_rate(cosine, 100, 100) == pytest.approx(0.0)
+    assert learning_rate({**cosine, "lr_schedule": "constant"}, 70, 100) == 0.002
+
+    train, val = identity_set(20, 3, seed=0), identity_set(8, 3, seed=1, first=100)
+    params = {**TINY, "epochs": 4, "patience": None}
+    _, flat = train_verifier(train, val, params, seed=3, progress=False)
+    model, hist = train_verifier(train, val, {**params, "lr_schedule": "cosine"}, seed=3, progress=False)
+    assert flat["lr"] == [TINY["lr"]] * 4                                  # the paper's constant rate
+    assert hist["lr"][0] < TINY["lr"] and all(a > b for a, b in zip(hist["lr"], hist["lr"][1:]))
+    assert hist["val_auroc"] != flat["val_auroc"]                          # the schedule changes training
+    # "auroc" keeps the best val AUROC; "precision_at_1" the best precision@1, ties broken by AUROC
+    scripted = [(0.90, 0.50), (0.95, 0.60), (0.93, 0.80), (0.94, 0.80), (0.92, 0.80)]
+    for select, want in (("auroc", 1), ("precision_at_1", 3)):
+        calls = iter(scripted)
+        monkeypatch.setattr(reid_train, "validation_scores",
+                            lambda *a, **k: dict(zip(("auroc", "precision_at_1"), next(calls))))
+        _, h = train_verifier(train, val, {**params, "epochs": 5, "select": select}, seed=3, progress=False)
+        assert h["best_epoch"] == want, select
+        assert h["best_val_auroc"] == scripted[want][0]
+    monkeypatch.undo()
+    for key, bad in (("lr_schedule", "linear"), ("select", "loss")):
+        with pytest.raises(ValueError, match=f"reid.{key}"):
+            train_verifier(train, val, {**params, key: bad}, seed=3, progress=False)
+        with pytest.raises(ConfigError, match=f"reid.{key}"):
+            reid_config({"reid": {key: bad}})
+        with pytest.raises(ConfigError, match=f"reid.auditor.{key}"):
+            reid_config({"reid": {"auditor": {key: bad}}})
 
 
 def test_retrieval_against_target_reports_the_shortfall():

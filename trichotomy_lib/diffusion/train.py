@@ -43,6 +43,9 @@ TRAIN_DEFAULTS: dict = dict(
     p_std=1.2,
     label_dropout=0.1,        # probability a sample's class vector is zeroed (unconditional)
     embed_dropout=0.1,        # probability its embedding is zeroed, independently
+    embed_noise=0.0,          # σ >= 0, condition augmentation: each step sees sqrt(D)·(e + σn)/‖e + σn‖, n ~ N(0, I)
+                              #   fresh per sample, instead of e, so the network learns p(x | a noised embedding) —
+                              #   what DiADM asks it at sampling with generate.condition_noise = σ (0: e as it is)
     ema_halflife_images=20_000,  # EMA half-life in training images
     ema_rampup=0.1,           # EMA half-life ≤ rampup · images seen (None: no ramp-up)
     guide_step=None,          # keep the EMA at this step as the autoguidance guide (None: no guide)
@@ -72,6 +75,8 @@ def check_hyperparameters(hp: dict) -> dict:
     for key in ("label_dropout", "embed_dropout"):
         if not 0 <= hp[key] <= 1:
             raise ValueError(f"train.{key} must be in [0, 1], got {hp[key]}")
+    if isinstance(hp["embed_noise"], bool) or not isinstance(hp["embed_noise"], (int, float)) or not hp["embed_noise"] >= 0:
+        raise ValueError(f"train.embed_noise must be a number >= 0, got {hp['embed_noise']!r}")
     if hp["mixed_precision"] not in MIXED_PRECISIONS:
         raise ValueError(f"train.mixed_precision must be one of {list(MIXED_PRECISIONS)}, got {hp['mixed_precision']!r}")
     if hp["guide_step"] is not None and not 1 <= hp["guide_step"] <= hp["steps"]:
@@ -223,7 +228,13 @@ def train_denoiser(
         mine = slice(rank * batch // world, (rank + 1) * batch // world)
         y = images[idx[mine]].to(acc.device)
         lab = (labels[idx] * keep_label)[mine].to(acc.device) if labels is not None else None
-        emb = (embeddings[idx] * keep_embed)[mine].to(acc.device) if embeddings is not None else None
+        emb = None
+        if embeddings is not None:
+            emb = embeddings[idx]
+            if hp["embed_noise"]:  # the sampling-time condition of DiADM (privacy.generation.noisy_conditions)
+                emb = emb + hp["embed_noise"] * torch.randn(emb.shape, generator=gen)
+                emb = emb / emb.norm(dim=1, keepdim=True) * math.sqrt(emb.shape[1])
+            emb = (emb * keep_embed)[mine].to(acc.device)
 
         lr = learning_rate(step, hp)
         for group in opt.param_groups:

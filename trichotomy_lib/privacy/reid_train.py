@@ -4,7 +4,9 @@ Pairs (Packhäuser et al. 2022; paper code): within one split, every same-patien
 (capped per patient) plus as many random different-patient pairs — a balanced set. The
 loss is BCE on the verifier's logit w·|e1 − e2| + b, plus (``retrieval_loss`` > 0) an
 in-batch retrieval term on the same logit that ranks each image's own patient above every
-other patient in the batch; the epoch with the best validation pair AUROC is kept.
+other patient in the batch; the epoch with the best validation score is kept.
+``select`` chooses the kept epoch by val pair AUROC (the paper's) or by val retrieval
+precision@1; ``lr_schedule`` keeps the rate constant (the paper's) or decays it on a cosine.
 Deterministic given the seed: initialisation, the per-epoch shuffles and augmentations come from generators seeded with ``seeds.derive(seed, ...)``, so a run resumed
 from its checkpoint continues exactly as an uninterrupted one.
 """
@@ -24,6 +26,7 @@ from .. import seeds
 from ..data.imageset import ImageSet
 from ..device import autocast, default_device, resolve_precision
 from ..checkpoint import load_training_state, remove_training_state, save_training_state
+from ..evaluation.retrieval import precision_at_1
 from .reid_model import MODEL_DEFAULTS, Verifier
 
 # The profile section ``reid`` (plain dict; ``config.section`` rejects unknown keys).
@@ -39,7 +42,9 @@ REID_DEFAULTS: dict = {
     "epochs": 15,               # upper bound on epochs (1–1000)
     "patience": 5,              # stop after this many epochs without a better val AUROC (None: never)
     "batch_size": 64,           # pairs per step (2×images through the encoder)
-    "lr": 1e-3,                 # Adam learning rate
+    "lr": 1e-3,                 # Adam learning rate (the peak, under a schedule)
+    "lr_schedule": "constant",  # "constant" (the paper's) | "cosine": lr · ½(1 + cos(π t / T)) per step, T the steps of
+                                #   all ``epochs`` (patience may stop it before the rate has decayed)
     "weight_decay": 0.0,        # Adam L2 penalty
     "retrieval_loss": 0.0,      # weight λ of the in-batch retrieval term (``retrieval_loss``; >= 0, 0: BCE alone,
                                 #   the paper's recipe). Pair BCE separates one random pair at a time; λ = 1 ranks
@@ -60,6 +65,9 @@ REID_DEFAULTS: dict = {
                                 #   training patients (0: off)
     "auditor_patients": 500,    # PhantomCXR only: the auditor's own fresh patients, its whole training and
                                 #   validation population — the analogue of a public re-id dataset (>= 10)
+    "select": "auroc",          # which epoch is kept: "auroc" (the best val pair AUROC, the paper's) |
+                                #   "precision_at_1" (the best val retrieval precision@1 in the embedding, ties broken
+                                #   by AUROC; what singling out needs) — patience counts from the kept epoch either way
     "eval_batch_size": 256,     # images per forward pass when embedding
     # evaluation (read by the notebook's evaluation, not by training)
     "n_boot": 1000,             # bootstrap resamples for the metric CIs
@@ -177,6 +185,24 @@ def check_retrieval_weight(value) -> float:
     return float(value)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+SELECT = ("auroc", "precision_at_1")
+
+
+def check_choice(name: str, value, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; else a ValueError naming ``reid.<name>`` and the choices."""
+    if value not in choices:
+        raise ValueError(f"reid.{name}={value!r}: choose one of {list(choices)}")
+    return value
+
+
+def learning_rate(p: dict, step: int, total_steps: int) -> float:
+    """The Adam rate at ``step`` of ``total_steps``: ``lr``, or ``lr · ½(1 + cos(π step / total_steps))``."""
+    if p["lr_schedule"] == "constant":
+        return float(p["lr"])
+    return float(p["lr"]) * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
 def retrieval_loss(model: Verifier, e: torch.Tensor, patients) -> torch.Tensor:
     """Multi-positive contrastive loss over a batch, scored by the verifier's own head.
 
@@ -211,17 +237,18 @@ def retrieval_loss(model: Verifier, e: torch.Tensor, patients) -> torch.Tensor:
     return (log_all - log_pos).mean()
 
 
-def pair_auroc(model: Verifier, images: ImageSet, pairs: Pairs, batch_size: int = 256) -> float:
-    """AUROC of the verifier's logits on ``pairs`` of ``images`` (embedding once per image)."""
-    emb = model.embed(images, batch_size=batch_size)
-    logits = model.score_pairs(emb[torch.from_numpy(pairs.a)], emb[torch.from_numpy(pairs.b)])
-    return float(roc_auc_score(pairs.label, logits.numpy()))
+def validation_scores(model: Verifier, val: ImageSet, val_pairs: Pairs, batch_size: int = 256) -> dict:
+    """``{"auroc", "precision_at_1"}`` of the verifier on the val split (one embedding pass)."""
+    emb = model.embed(val, batch_size=batch_size)
+    logits = model.score_pairs(emb[torch.from_numpy(val_pairs.a)], emb[torch.from_numpy(val_pairs.b)])
+    return {"auroc": float(roc_auc_score(val_pairs.label, logits.numpy())),
+            "precision_at_1": precision_at_1(emb, val.patient_ids)["value"]}
 
 
 def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pairs: Pairs | None = None,
                    val_pairs: Pairs | None = None, checkpoint_dir: str | Path | None = None, progress: bool = True,
                    desc: str = "reid") -> tuple[Verifier, dict]:
-    """Train a verifier on pairs of ``train``; keep the epoch with the best AUROC on ``val`` pairs.
+    """Train a verifier on pairs of ``train``; keep the epoch with the best ``select`` score on ``val``.
 
     Args:
         train, val: ImageSets (patient-disjoint). params: the ``reid`` section (``REID_DEFAULTS``
@@ -234,7 +261,8 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
             once training ends.
 
     Returns ``(model in eval mode with the best epoch's weights, history)``; history holds
-    per-epoch ``loss``, ``val_auroc``, ``best_epoch``, ``best_val_auroc``, ``n_pairs``.
+    per-epoch ``loss``, ``val_auroc``, ``val_precision_at_1``, ``lr`` (at the epoch's end), and ``best_epoch``,
+    ``best_val_auroc`` (the kept epoch's), ``n_pairs``.
     """
     from tqdm.auto import tqdm
 
@@ -249,6 +277,8 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
     if int(p["epochs"]) < 1 or int(p["batch_size"]) < 1 or not p["lr"] > 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {p['epochs']}, {p['batch_size']}, {p['lr']}")
     lam = check_retrieval_weight(p["retrieval_loss"])
+    check_choice("lr_schedule", p["lr_schedule"], LR_SCHEDULES)
+    select = check_choice("select", p["select"], SELECT)
     patient_ids = np.asarray(train.patient_ids).astype(str)
     if pairs is None:
         pairs = sample_pairs(train.patient_ids, seeds.derive(seed, "pairs"), p["max_pos_per_patient"], split="train")
@@ -264,7 +294,8 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
                          backbone_weights=p["backbone_weights"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
 
-    history = {"loss": [], "val_auroc": [], "best_epoch": -1, "best_val_auroc": -math.inf,
+    history = {"loss": [], "val_auroc": [], "val_precision_at_1": [], "lr": [], "best_epoch": -1,
+               "best_val_auroc": -math.inf, "best_score": (-math.inf, -math.inf),
                "n_pairs": len(pairs), "n_pos": pairs.n_pos, "n_val_pairs": len(val_pairs), "precision": precision}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state_file = Path(checkpoint_dir) / TRAINING_STATE_FILE if checkpoint_dir is not None else None
@@ -276,6 +307,7 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
 
     n_epoch = len(pairs) if p["max_pairs_per_epoch"] is None else min(len(pairs), int(p["max_pairs_per_epoch"]))
     bs = int(p["batch_size"])
+    steps_per_epoch, total_steps = -(-n_epoch // bs), -(-n_epoch // bs) * int(p["epochs"])
     bar = tqdm(range(start, int(p["epochs"])), desc=desc, unit="epoch", disable=not progress)
     for epoch in bar:
         if p["patience"] is not None and epoch - history["best_epoch"] > int(p["patience"]):
@@ -292,7 +324,10 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
         order = torch.randperm(len(epoch_pairs), generator=g)[:n_epoch].numpy()
         model.train()
         total = 0.0
-        for s in range(0, n_epoch, bs):
+        for i, s in enumerate(range(0, n_epoch, bs)):
+            lr = learning_rate(p, epoch * steps_per_epoch + i, total_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
             idx = order[s:s + bs]
             x = torch.cat([train.tensor(epoch_pairs.a[idx]), train.tensor(epoch_pairs.b[idx])])
             x = augment(x, p, g).to(device)
@@ -308,13 +343,18 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-        auroc = pair_auroc(model, val, val_pairs, int(p["eval_batch_size"]))
+        val_scores = validation_scores(model, val, val_pairs, int(p["eval_batch_size"]))
+        auroc = val_scores["auroc"]
         history["loss"].append(total / n_epoch)
         history["val_auroc"].append(auroc)
-        if auroc > history["best_val_auroc"]:
-            history["best_val_auroc"], history["best_epoch"] = auroc, epoch
+        history["val_precision_at_1"].append(val_scores["precision_at_1"])
+        history["lr"].append(lr)
+        score = (auroc,) if select == "auroc" else (val_scores["precision_at_1"], auroc)
+        if score > tuple(history["best_score"]):
+            history["best_val_auroc"], history["best_epoch"], history["best_score"] = auroc, epoch, score
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        bar.set_postfix(loss=f"{total / n_epoch:.3f}", val_auroc=f"{auroc:.3f}")
+        bar.set_postfix(loss=f"{total / n_epoch:.3f}", val_auroc=f"{auroc:.3f}",
+                        val_p1=f"{val_scores['precision_at_1']:.3f}")
         if state_file is not None:
             save_training_state(state_file, modules={"model": model, "best": best_state}, optimizers={"adam": opt},
                                 meta={"epoch": epoch, "history": history})

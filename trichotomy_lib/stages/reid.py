@@ -18,7 +18,8 @@ from ..io import atomic_path
 from ..jobs import run_jobs
 from ..pipeline import Pipeline, StageContext, stage
 from ..privacy.reid_model import Verifier
-from ..privacy.reid_train import REID_DEFAULTS, TRAIN_KEYS, check_retrieval_weight, sample_pairs, train_verifier
+from ..privacy.reid_train import (LR_SCHEDULES, REID_DEFAULTS, SELECT, TRAIN_KEYS, check_choice, check_retrieval_weight,
+                                  sample_pairs, train_verifier)
 from ..privacy.roles import ROLES, auditor_split, check_role, defender_train_set, role_seed, val_pairs_seed
 from .. import seeds
 from .data import load_splits
@@ -32,20 +33,26 @@ _AUDITOR_KEYS = (*_KEYS, "reid.auditor")
 AUDITOR_OVERRIDE_KEYS: tuple[str, ...] = tuple(k for k in TRAIN_KEYS if k not in ("auditor_patients", "extra_patients"))
 
 
+# The recipe values a profile can get wrong, each with the check that names it (``reid.<key>``).
+_RECIPE_CHECKS = {"precision": lambda v: check_choice("precision", v, tuple(PRECISIONS)),
+                  "lr_schedule": lambda v: check_choice("lr_schedule", v, LR_SCHEDULES),
+                  "select": lambda v: check_choice("select", v, SELECT),
+                  "retrieval_loss": check_retrieval_weight}
+
+
 def _check_recipe(params: dict, where: str) -> None:
-    if "precision" in params and params["precision"] not in PRECISIONS:
-        raise ConfigError(f"{where}precision={params['precision']!r}: choose one of {list(PRECISIONS)}")
-    if "retrieval_loss" in params:
-        try:
-            check_retrieval_weight(params["retrieval_loss"])
-        except ValueError as err:
-            raise ConfigError(str(err).replace("reid.retrieval_loss", f"{where}retrieval_loss")) from None
+    for key, check in _RECIPE_CHECKS.items():
+        if key in params:
+            try:
+                check(params[key])
+            except ValueError as err:
+                raise ConfigError(str(err).replace(f"reid.{key}", f"{where}{key}")) from None
 
 
 @register_section("reid")
 def reid_config(cfg: dict) -> dict:
     """The ``reid`` section over ``REID_DEFAULTS`` plus ``auditor: {}`` (unknown keys, an unknown
-    precision and a negative retrieval-loss weight rejected, naming them; ``reid.auditor`` may
+    precision, learning-rate schedule or epoch selection and a negative retrieval-loss weight rejected, naming them; ``reid.auditor`` may
     hold only recipe keys, ``AUDITOR_OVERRIDE_KEYS``)."""
     merged = section(cfg, "reid", {**REID_DEFAULTS, "auditor": {}})
     own = merged["auditor"]
