@@ -87,6 +87,22 @@ def measure(cfg: dict, lever: str, value) -> list[dict]:
     return out
 
 
+COLUMNS = ("lever", "value", "steps", "class_guidance", "filter_guidance", "release", "seeds", "mean_auroc",
+           "real_auroc", "delta", "delta_lo", "delta_hi", "diffusion_seconds")   # one row of ``measure``
+
+
+def read_previous(path: str) -> pd.DataFrame:
+    """The rows of an earlier run's ``.csv``; a missing file or another table stops the script, naming it."""
+    try:
+        before = pd.read_csv(path, dtype={"value": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise SystemExit(f"--previous {path}: cannot read it as a csv ({e})") from None
+    missing = [c for c in COLUMNS if c not in before.columns]
+    if missing:
+        raise SystemExit(f"--previous {path}: not a table of this script (no column(s) {missing})")
+    return before
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="default")
@@ -106,6 +122,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
+    before = read_previous(args.previous) if args.previous else None   # a bad file stops the script before any training
 
     rows: list[dict] = []  # the cheap guidance points first (they reuse the profile's denoiser)
     for w in args.guidances:
@@ -122,11 +139,7 @@ def main() -> None:
         rows += measure(point_config(args.profile, args.run_root, args.seeds, ("diffusion.train.steps", steps)),
                         "steps", steps)
     table = pd.DataFrame(rows)
-    if args.previous:
-        before = pd.read_csv(args.previous, dtype={"value": str})
-        missing = sorted(set(table.columns) - set(before.columns))
-        if missing:
-            raise SystemExit(f"--previous {args.previous}: not a table of this script (no column(s) {missing})")
+    if before is not None:
         again = before.set_index(["lever", "value"]).index.isin(table.set_index(["lever", "value"]).index)
         table = pd.concat([before[~again][table.columns], table], ignore_index=True)
     fit = budget_fit(table)

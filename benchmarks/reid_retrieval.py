@@ -64,6 +64,10 @@ def main() -> None:
         variants = [[config.parse_setting(text) for text in v] for v in args.variants]
     except config.ConfigError as e:
         raise SystemExit(f"--set/--variant: {e}") from None
+    for key, _ in (c for v in variants for c in v):   # every point shares the reference's seed and test split
+        if key == "seed" or key.split(".")[0] == "data":
+            raise SystemExit(f"--variant {key}: the seed and the data are the reference's for every point; "
+                             "give them with --set (a separate run)")
     reference = config.with_settings(config.resolve(args.profile), *settings)
     points = [(" ".join(args.settings) or "(profile)", Pipeline(reference, verbose=False))]
     points += [(" ".join([*args.settings, *text]), Pipeline(config.with_settings(reference, *changes), verbose=False))

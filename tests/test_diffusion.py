@@ -227,7 +227,19 @@ def test_embed_noise_trains_on_the_sampling_time_condition(tmp_path, monkeypatch
     assert 0.25 < float(cos.mean()) < 0.65                                   # E cos ≈ 1/sqrt(1 + σ²) = 0.45
     a, b = runs[0.0]["net"].state_dict(), runs[2.0]["net"].state_dict()
     assert not all(torch.equal(a[k], b[k]) for k in a)
-    for bad in (-1.0, "2", True):
+    # one embedding for every image: a fresh draw per sample and step makes every seen condition distinct
+    seen.clear()
+    same = emb[:1].expand_as(emb).clone()
+    train_denoiser(tiny(label_dim=8, embed_dim=12), images, tmp_path / "same", {**hp, "embed_noise": 2.0},
+                   labels, same, seed=3, progress=False)
+    drawn = torch.cat(seen)
+    assert len(drawn) > HP["batch_size"] and torch.cdist(drawn, drawn).add(torch.eye(len(drawn))).min() > 1e-3
+    # a dropped condition stays zero (unconditional), not pure noise
+    seen.clear()
+    train_denoiser(tiny(label_dim=8, embed_dim=12), images, tmp_path / "dropped",
+                   {**hp, "embed_noise": 2.0, "embed_dropout": 1.0}, labels, emb, seed=3, progress=False)
+    assert torch.equal(torch.cat(seen), torch.zeros_like(torch.cat(seen)))
+    for bad in (-1.0, "2", True, math.inf, math.nan):
         with pytest.raises(ValueError, match="train.embed_noise"):
             check_hyperparameters({"embed_noise": bad})
 

@@ -291,11 +291,13 @@ def test_training_beats_chance_and_is_deterministic():
         assert torch.equal(a, b), k
 
 
-def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe", [{}, {"lr_schedule": "cosine", "select": "precision_at_1"}],
+                         ids=["constant-auroc", "cosine-precision_at_1"])
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, monkeypatch, recipe):
     from trichotomy_lib.privacy import reid_train
 
     train, val = identity_set(12, 3, seed=0), identity_set(6, 3, seed=1, first=100)
-    params = {**TINY, "epochs": 3}
+    params = {**TINY, "epochs": 3, **recipe}
     reference, ref_hist = train_verifier(train, val, params, seed=1, progress=False)
     real, calls = reid_train.validation_scores, {"n": 0}
 
@@ -311,7 +313,9 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, monkeypatch):
     assert (tmp_path / reid_train.TRAINING_STATE_FILE).exists()
     monkeypatch.setattr(reid_train, "validation_scores", real)
     resumed, hist = train_verifier(train, val, params, seed=1, checkpoint_dir=tmp_path, progress=False)
-    assert hist["val_auroc"] == ref_hist["val_auroc"]
+    for key in ("loss", "val_auroc", "val_precision_at_1", "lr", "best_epoch", "best_val_auroc"):
+        assert hist[key] == ref_hist[key], key
+    assert tuple(hist["best_score"]) == tuple(ref_hist["best_score"])
     for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     assert not (tmp_path / reid_train.TRAINING_STATE_FILE).exists()

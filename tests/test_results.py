@@ -29,3 +29,16 @@ def test_atomic_path_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_path_gives_a_plain_files_permissions(tmp_path):
+    import os
+    old = os.umask(0o027)
+    try:
+        with atomic_path(tmp_path / "shared.csv") as tmp:
+            tmp.write_text("a,b\n")
+        (tmp_path / "plain.csv").write_text("a,b\n")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "shared.csv").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.csv").stat().st_mode & 0o777 == 0o640   # not mkstemp's 0o600

@@ -17,15 +17,15 @@ __all__ = ["reid_training", "independence", "evaluate", "reid_metrics", "retriev
 
 
 def reid_training(pipe: Pipeline) -> pd.DataFrame:
-    """One column per role: architecture, training set sizes, epochs, best validation AUROC."""
+    """One column per role: architecture, training set sizes, epochs, the kept epoch and its validation AUROC."""
     cols = {}
     for role in ROLES:
         i = training_info(pipe, role)
         cols[role] = {"backbone": i["config"]["backbone"], "image size": i["config"]["image_size"],
                       "embedding": i["config"]["embed_dim"], "training patients": i["n_train_patients"],
                       "training images": i["n_train_images"], "training pairs (same + different)": i["history"]["n_pairs"],
-                      "epochs run": len(i["history"]["val_auroc"]), "best epoch (val pair AUROC)": i["history"]["best_epoch"],
-                      "best val AUROC": round(i["history"]["best_val_auroc"], 4),
+                      "epochs run": len(i["history"]["val_auroc"]), "kept epoch (reid.select)": i["history"]["best_epoch"],
+                      "kept epoch's val AUROC": round(i["history"]["best_val_auroc"], 4),
                       "stage wall time (s)": pipe.seconds(f"reid_{role}")}
     return pd.DataFrame(cols)
 

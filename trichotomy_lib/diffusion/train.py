@@ -75,8 +75,9 @@ def check_hyperparameters(hp: dict) -> dict:
     for key in ("label_dropout", "embed_dropout"):
         if not 0 <= hp[key] <= 1:
             raise ValueError(f"train.{key} must be in [0, 1], got {hp[key]}")
-    if isinstance(hp["embed_noise"], bool) or not isinstance(hp["embed_noise"], (int, float)) or not hp["embed_noise"] >= 0:
-        raise ValueError(f"train.embed_noise must be a number >= 0, got {hp['embed_noise']!r}")
+    noise = hp["embed_noise"]
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (noise >= 0 and math.isfinite(noise)):
+        raise ValueError(f"train.embed_noise must be a finite number >= 0, got {noise!r}")
     if hp["mixed_precision"] not in MIXED_PRECISIONS:
         raise ValueError(f"train.mixed_precision must be one of {list(MIXED_PRECISIONS)}, got {hp['mixed_precision']!r}")
     if hp["guide_step"] is not None and not 1 <= hp["guide_step"] <= hp["steps"]:

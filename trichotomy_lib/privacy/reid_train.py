@@ -40,7 +40,7 @@ REID_DEFAULTS: dict = {
     "embed_dim": 128,           # sigmoid embedding size (paper: 128)
     # training
     "epochs": 15,               # upper bound on epochs (1–1000)
-    "patience": 5,              # stop after this many epochs without a better val AUROC (None: never)
+    "patience": 5,              # stop after this many epochs without a better val score (``select``; None: never)
     "batch_size": 64,           # pairs per step (2×images through the encoder)
     "lr": 1e-3,                 # Adam learning rate (the peak, under a schedule)
     "lr_schedule": "constant",  # "constant" (the paper's) | "cosine": lr · ½(1 + cos(π t / T)) per step, T the steps of
