@@ -38,7 +38,6 @@ import pandas as pd
 
 import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 from trichotomy_lib import config, seeds
-from trichotomy_lib.evaluation.retrieval import precision_at_1
 from trichotomy_lib.pipeline import Pipeline
 from trichotomy_lib.privacy.reid_eval import evaluate_verifier
 from trichotomy_lib.privacy.reid_train import REID_DEFAULTS, sample_pairs, train_verifier
@@ -89,12 +88,12 @@ def main() -> None:
                                          val_pairs=val_pairs, desc=f"{role} λ={lam:g}")
             seconds = time.perf_counter() - t0
             ev = evaluate_verifier(model, test, test_pairs, name=role, n_boot=0)
-            p_val = precision_at_1(model.embed(val), val.patient_ids)
             p_test = ev.metrics["precision_at_1"]
             row = {"role": role, "retrieval_loss": lam,
                    "settings": label, "train seconds": round(seconds, 1),
                    "epochs run": len(hist["val_auroc"]), "kept epoch": hist["best_epoch"],
-                   "val pair AUROC": hist["best_val_auroc"], "val precision@1": p_val["value"],
+                   "val pair AUROC": hist["best_val_auroc"],
+                   "val precision@1": hist["val_precision_at_1"][hist["best_epoch"]],   # the kept epoch's
                    "val patients": int(val.n_patients), "test AUROC": ev.metrics["auroc"][0],
                    "test precision@1": p_test["value"], "test precision@1 lo": p_test["lo"],
                    "test precision@1 hi": p_test["hi"], "test patients": int(test.n_patients)}

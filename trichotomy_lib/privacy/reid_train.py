@@ -307,7 +307,8 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
 
     n_epoch = len(pairs) if p["max_pairs_per_epoch"] is None else min(len(pairs), int(p["max_pairs_per_epoch"]))
     bs = int(p["batch_size"])
-    steps_per_epoch, total_steps = -(-n_epoch // bs), -(-n_epoch // bs) * int(p["epochs"])
+    steps_per_epoch = -(-n_epoch // bs)
+    total_steps = steps_per_epoch * int(p["epochs"])
     bar = tqdm(range(start, int(p["epochs"])), desc=desc, unit="epoch", disable=not progress)
     for epoch in bar:
         if p["patience"] is not None and epoch - history["best_epoch"] > int(p["patience"]):
