@@ -66,7 +66,8 @@ def main() -> None:
         src = np.concatenate([train_p[: n_pred // 2], np.array(["none"] * (n_pred - n_pred // 2))])
         pops = [Population(x, p) for x, p in ((train_x, train_p), (ctrl_x, ctrl_p), (held_x, held_p))]
         start = time.perf_counter()
-        res = evaluate_pso(pred, src, *pops, None, kinds=("ball",), seed=0)["ball"]
+        groups = np.where(src == "none", np.char.add("new", np.arange(n_pred).astype(str)), src)  # fresh: alone
+        res = evaluate_pso(pred, src, *pops, None, kinds=("ball",), seed=0, groups=groups)["ball"]
         seconds = time.perf_counter() - start
         total += seconds
         # regression check: a predicate's match count does not depend on which others are scored with it

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from test_pso import OracleVerifier, make_population
-from trichotomy_lib.evaluation.stats import singling_out_risk
+from trichotomy_lib.evaluation.stats import paired_singling_out_risk
 from trichotomy_lib.privacy import sample_filter as flt
 from trichotomy_lib.privacy.attack import attack_release, strongest_attacker
 from trichotomy_lib.privacy.audit import pixel_features
@@ -62,14 +62,25 @@ def test_the_pixel_attacker_sees_what_the_auditor_is_blind_to(world):
 
 
 def test_strongest_attacker_widens_the_interval_for_the_number_tried():
-    row = {}
-    for name, (a, c) in {"x": (30, 5), "y": (20, 5)}.items():
-        row.update({f"{name}_attack_successes": a, f"{name}_control_successes": c, f"{name}_n_predicates": 100})
-    best = strongest_attacker(row, ["x", "y"])
-    nominal = singling_out_risk(30, 100, 5, 100, 0.95)
+    rng = np.random.default_rng(0)
+    hits = {name: {"attack": rng.random(300) < a, "control": rng.random(300) < 0.05, "groups": np.arange(300) // 2}
+            for name, a in (("x", 0.3), ("y", 0.2))}
+    best = strongest_attacker(hits, n_boot=2000, seed=1)
+    x = hits["x"]
+    nominal = paired_singling_out_risk(x["attack"], x["control"], x["groups"], 0.95, 2000, 1)
     assert best["strongest_attacker"] == "x" and best["strongest_level"] == pytest.approx(0.975)
-    assert best["strongest_risk"] == pytest.approx(nominal["risk"])
+    assert best["n_attackers"] == 2 and best["strongest_risk"] == pytest.approx(nominal["risk"])
     assert best["strongest_risk_hi"] > nominal["risk_hi"] and best["strongest_risk_lo"] < nominal["risk_lo"]
+    with pytest.raises(ValueError, match="no attacker"):
+        strongest_attacker({})
+
+
+def test_attack_rows_carry_no_per_predicate_arrays(world):
+    """The outcomes behind the bootstrap stay out of the row (a table, written as JSON)."""
+    row = _attack(world, *positive_control_release(world["train"], 0.02, seed=0), {}, "positive_control")
+    assert not any(isinstance(v, (np.ndarray, dict, list)) for v in row.values())
+    assert row["ball_interval"] == "paired cluster bootstrap"
+    assert row["ball_n_groups"] == len(np.unique(world["train"].patient_ids))
 
 
 def test_bad_attack_input_is_named(world):

@@ -168,6 +168,8 @@ def test_privacy_config_rejects_bad_values():
         privacy_config({"privacy": {"weight_factor": 2}})
     with pytest.raises(ValueError, match="privacy.primary"):
         privacy_config({"privacy": {"predicates": ["verifier"]}})
+    with pytest.raises(ValueError, match="privacy.n_boot"):
+        privacy_config({"privacy": {"n_boot": 10}})
 
 
 def test_release_sharing_patients_with_control_is_refused(world):

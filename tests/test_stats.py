@@ -15,7 +15,7 @@ from trichotomy_lib.evaluation import irs, stats
 from trichotomy_lib.evaluation.stats import (
     adjusted_irs, auroc_difference_ci, auroc_table, bootstrap_ci,
     cohen_nissim_isolation_probability, frechet_distance, frechet_distance_from_stats,
-    image_retrieval_score, nearest_neighbours, singling_out_risk, wilson_interval)
+    image_retrieval_score, nearest_neighbours, paired_singling_out_risk, singling_out_risk, wilson_interval)
 
 
 def _multilabel(n=2000, c=4, seed=0, signal=1.0):
@@ -217,6 +217,79 @@ def test_singling_out_risk_warning_and_clipping():
     assert out["risk"] == 1.0 and out["risk_hi"] == 1.0 and out["risk_lo"] < 1.0
     out = singling_out_risk(5, 10, 10, 10)
     assert np.isnan(out["risk"]) and "undefined" in out["warning"]
+
+
+def _hits(n, a, c, seed):
+    rng = np.random.default_rng(seed)
+    return rng.random(n) < a, rng.random(n) < c
+
+
+def test_paired_singling_out_risk_keeps_the_point_estimate():
+    att, ctl = _hits(400, 0.3, 0.1, 0)
+    out = paired_singling_out_risk(att, ctl, n_boot=500, seed=1)
+    ref = singling_out_risk(int(att.sum()), 400, int(ctl.sum()), 400)
+    for key in ("attack_rate", "control_rate", "risk", "risk_unclipped", "warning"):
+        assert out[key] == ref[key], key
+    assert out["interval"] == "paired cluster bootstrap" and out["n_groups"] == 400
+    assert out["risk_lo"] < out["risk"] < out["risk_hi"]
+    assert out["attack_ci"][0] < out["attack_rate"] < out["attack_ci"][1]
+
+
+def test_paired_singling_out_risk_resamples_whole_groups():
+    """Every predicate repeated 5 times: as 5-predicate groups the interval is the one of the
+    originals (the same resamples, exactly); counted as independent it shrinks by ~sqrt(5)."""
+    att, ctl = _hits(200, 0.3, 0.1, 2)
+    once = paired_singling_out_risk(att, ctl, np.arange(200), n_boot=1000, seed=3)
+    groups = np.repeat(np.arange(200), 5)
+    grouped = paired_singling_out_risk(np.repeat(att, 5), np.repeat(ctl, 5), groups, n_boot=1000, seed=3)
+    naive = paired_singling_out_risk(np.repeat(att, 5), np.repeat(ctl, 5), None, n_boot=1000, seed=3)
+    assert grouped["n_groups"] == 200
+    assert (grouped["risk_lo"], grouped["risk_hi"]) == pytest.approx((once["risk_lo"], once["risk_hi"]), abs=1e-6)
+    width = lambda r: r["risk_hi"] - r["risk_lo"]  # noqa: E731
+    assert width(naive) < 0.6 * width(grouped)
+
+
+def test_paired_singling_out_risk_uses_the_pairing():
+    """Predicates that isolate in both populations or in neither carry no evidence of risk: with
+    attack and control outcomes mostly equal, the paired interval is far narrower than the one of
+    two independent rates."""
+    rng = np.random.default_rng(4)
+    ctl = rng.random(600) < 0.3
+    att = ctl.copy()
+    att[np.flatnonzero(~ctl)[:20]] = True            # 20 more isolations in training than in control
+    paired = paired_singling_out_risk(att, ctl, n_boot=2000, seed=5)
+    ref = singling_out_risk(int(att.sum()), 600, int(ctl.sum()), 600)
+    assert paired["risk"] == pytest.approx(ref["risk"])
+    assert paired["risk_lo"] > ref["risk_lo"] + 0.02 and paired["risk_hi"] < ref["risk_hi"] - 0.02
+    assert paired["risk_lo"] > 0                      # the leak is seen; two independent rates miss it
+    assert ref["risk_lo"] == 0.0
+
+
+def test_paired_singling_out_risk_covers_the_truth():
+    """Independent predicates, true a = 0.15, c = 0.10: the 95 % interval holds the true risk in
+    about 95 % of 200 repetitions."""
+    truth = (0.15 - 0.10) / 0.9
+    cover = 0
+    for rep in range(200):
+        att, ctl = _hits(500, 0.15, 0.10, 100 + rep)
+        r = paired_singling_out_risk(att, ctl, n_boot=400, seed=rep)
+        cover += r["risk_lo"] <= truth <= r["risk_hi"]
+    assert 0.89 <= cover / 200 <= 0.99
+
+
+def test_paired_singling_out_risk_degenerate_and_bad_input():
+    zero = np.zeros(50, bool)
+    out = paired_singling_out_risk(zero, zero, n_boot=200)
+    ref = singling_out_risk(0, 50, 0, 50)
+    assert out["interval"].startswith("independent") and out["risk_hi"] == ref["risk_hi"] > 0
+    with pytest.raises(ValueError, match="same non-empty"):
+        paired_singling_out_risk(zero, zero[:10])
+    with pytest.raises(ValueError, match="booleans"):
+        paired_singling_out_risk(np.full(5, 2), np.zeros(5))
+    with pytest.raises(ValueError, match="n_boot"):
+        paired_singling_out_risk(zero, zero, n_boot=10)
+    with pytest.raises(ValueError, match="one label per image"):
+        paired_singling_out_risk(zero, zero, groups=np.arange(3), n_boot=200)
 
 
 def test_cohen_nissim_isolation_probability():

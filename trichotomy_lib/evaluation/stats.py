@@ -19,7 +19,7 @@ from .irs import adjusted_irs, image_retrieval_score, nearest_neighbours  # noqa
 
 __all__ = [
     "wilson_interval", "auroc_table", "auroc_difference_ci", "bootstrap_ci",
-    "frechet_distance", "frechet_distance_from_stats", "singling_out_risk",
+    "frechet_distance", "frechet_distance_from_stats", "singling_out_risk", "paired_singling_out_risk",
     "cohen_nissim_isolation_probability",
     "nearest_neighbours", "image_retrieval_score", "adjusted_irs",
 ]
@@ -313,6 +313,71 @@ def singling_out_risk(attack_successes: int, n_attacks: int, control_successes: 
                        "(risk reported as 0)")
     return dict(attack_rate=a, attack_ci=(a_lo, a_hi), control_rate=c, control_ci=(c_lo, c_hi),
                 risk=risk, risk_lo=risk_lo, risk_hi=risk_hi, risk_unclipped=float(unclipped), warning=warning)
+
+
+def paired_singling_out_risk(attack_hits, control_hits, groups=None, level: float = 0.95, n_boot: int = 4000,
+                             seed: int = 0) -> dict:
+    """Singling-out risk of predicates played on both populations, with a cluster-bootstrap CI.
+
+    Predicate i isolates a training patient (``attack_hits[i]``) and, played again on the
+    control population, a control patient (``control_hits[i]``). The point estimates are those
+    of ``singling_out_risk`` (a = mean attack hit, c = mean control hit, R = (a − c)/(1 − c)).
+    The intervals are percentile intervals over ``n_boot`` resamples of the predicates in which
+
+    * attack and control move together (paired): each resample keeps a predicate's two
+      outcomes side by side. Predicates differ in how easily they isolate (one in a dense region
+      of the image distribution rarely does in either population, one in a sparse region more
+      often in both), so a and c are correlated, which intervals for two independent rates
+      (``singling_out_risk``) ignore;
+    * whole ``groups`` are resampled at once (a cluster bootstrap; e.g. the source patient of
+      each predicate): the released images of one patient are dependent, and counting them as
+      independent evidence would make every interval too narrow.
+
+    The populations are held fixed: the intervals are conditional on the drawn training and
+    control patients. Where the resampled statistic does not vary (no predicate isolates anyone
+    in either population, or every one does), the interval of ``singling_out_risk`` for
+    independent predicates is returned instead (Wilson rates, delta method): a bootstrap cannot
+    see sampling error that the sample never shows.
+
+    Args:
+        attack_hits, control_hits: (P,) booleans, P >= 1.
+        groups: (P,) cluster labels, or None (every predicate its own cluster).
+        level: two-sided level in (0, 1). n_boot: resamples, >= 100. seed: the resampling stream.
+
+    Returns the keys of ``singling_out_risk`` plus ``interval`` ("paired cluster bootstrap" or
+    "independent (degenerate bootstrap)") and ``n_groups``.
+    """
+    _check_level(level)
+    att, ctl = np.asarray(attack_hits), np.asarray(control_hits)
+    if att.ndim != 1 or att.shape != ctl.shape or len(att) == 0:
+        raise ValueError(f"attack_hits {att.shape} and control_hits {ctl.shape} must be the same non-empty (P,)")
+    if not (np.isin(att, (0, 1)).all() and np.isin(ctl, (0, 1)).all()):
+        raise ValueError("attack_hits and control_hits must be booleans (0/1)")
+    if not (isinstance(n_boot, (int, np.integer)) and n_boot >= 100):
+        raise ValueError(f"n_boot must be an integer >= 100, got {n_boot!r}")
+    att, ctl = att.astype(np.float32), ctl.astype(np.float32)
+    p = len(att)
+    base = singling_out_risk(int(att.sum()), p, int(ctl.sum()), p, level)
+    n_groups = p if groups is None else len(np.unique(np.asarray(groups)))
+    a_star, c_star = [], []
+    for counts in _iter_boot_counts(p, n_boot, seed, groups=groups):
+        total = counts.sum(1)
+        a_star.append(counts @ att / total)
+        c_star.append(counts @ ctl / total)
+    a_star, c_star = np.concatenate(a_star).astype(float), np.concatenate(c_star).astype(float)
+    if np.ptp(a_star) == 0 and np.ptp(c_star) == 0:
+        return {**base, "interval": "independent (degenerate bootstrap)", "n_groups": n_groups}
+    q = (0.5 - level / 2, 0.5 + level / 2)
+    out = dict(base, interval="paired cluster bootstrap", n_groups=n_groups)
+    out["attack_ci"] = tuple(float(x) for x in np.quantile(a_star, q))
+    out["control_ci"] = tuple(float(x) for x in np.quantile(c_star, q))
+    if np.isfinite(base["risk"]):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r_star = np.where(c_star < 1, (a_star - c_star) / (1 - c_star), np.nan)
+        r_star = r_star[np.isfinite(r_star)]
+        lo, hi = np.quantile(r_star, q)
+        out["risk_lo"], out["risk_hi"] = float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1))
+    return out
 
 
 def cohen_nissim_isolation_probability(n, w):

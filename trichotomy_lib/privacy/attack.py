@@ -5,7 +5,9 @@ auditor's embedding (a ball, and the auditor's own verdict), raw pixels, the pse
 conditioning encoder the generator is conditioned on, the defender's embedding. Each is
 calibrated to the same target weight on held-out patients. A release is as private as its
 strongest attacker allows, so the headline is the maximum over attackers, its interval widened
-for having tried several (Bonferroni).
+for having tried several (Bonferroni). Every interval resamples the predicates by source patient,
+each with its attack and control outcome together (``stats.paired_singling_out_risk``), the same
+resamples for every attacker of a release.
 """
 
 from __future__ import annotations
@@ -15,36 +17,35 @@ import torch
 
 from .. import seeds
 from ..data.imageset import ImageSet
-from ..evaluation.stats import singling_out_risk
+from ..evaluation.stats import paired_singling_out_risk
 from .audit import EmbeddingCache, nn_summary, pixel_nn_distances, reid_audit
 from .pso import Population, evaluate_pso, privacy_config
 
 __all__ = ["strongest_attacker", "attack_release", "evaluate_release"]
 
 
-def strongest_attacker(row: dict, attackers, level: float = 0.95) -> dict:
+def strongest_attacker(hits: dict, level: float = 0.95, n_boot: int = 4000, seed: int = 0) -> dict:
     """The attacker with the largest upper risk bound, the bound corrected for having tried
-    ``m = len(attackers)`` of them (Bonferroni: each interval at level 1 − (1 − level)/m).
+    ``m = len(hits)`` of them (Bonferroni: each interval at level 1 − (1 − level)/m).
 
-    ``row`` holds ``"<attacker>_attack_successes"``, ``"_n_predicates"``,
-    ``"_control_successes"`` (``evaluate_pso`` fields). Returns ``{"strongest_attacker",
+    ``hits``: ``{attacker: {"attack", "control", "groups"}}``, the per-predicate outcomes
+    ``evaluate_pso`` returns; every interval is ``stats.paired_singling_out_risk`` at the
+    corrected level (same resamples for every attacker: same ``seed``, predicates and groups).
+    Ties on the upper bound go to the larger point estimate. Returns ``{"strongest_attacker",
     "strongest_risk", "strongest_risk_lo", "strongest_risk_hi", "strongest_level", "n_attackers"}``.
     """
-    attackers = list(attackers)
-    if not attackers:
+    if not hits:
         raise ValueError("no attacker to take the maximum over")
-    corrected = 1 - (1 - level) / len(attackers)
+    corrected = 1 - (1 - level) / len(hits)
     best = None
-    for name in attackers:
-        n = int(row[f"{name}_n_predicates"])
-        r = singling_out_risk(int(row[f"{name}_attack_successes"]), n, int(row[f"{name}_control_successes"]), n,
-                              corrected)
+    for name, h in hits.items():
+        r = paired_singling_out_risk(h["attack"], h["control"], h["groups"], corrected, n_boot, seed)
         key = (-1.0 if not np.isfinite(r["risk_hi"]) else r["risk_hi"], r["risk"] if np.isfinite(r["risk"]) else -1.0)
         if best is None or key > best[0]:
             best = (key, name, r)
     _, name, r = best
     return {"strongest_attacker": name, "strongest_risk": r["risk"], "strongest_risk_lo": r["risk_lo"],
-            "strongest_risk_hi": r["risk_hi"], "strongest_level": corrected, "n_attackers": len(attackers)}
+            "strongest_risk_hi": r["risk_hi"], "strongest_level": corrected, "n_attackers": len(hits)}
 
 
 def attack_release(release: ImageSet, source_index, train: ImageSet, control: ImageSet, auditor, cfg: dict,
@@ -97,8 +98,11 @@ def attack_release(release: ImageSet, source_index, train: ImageSet, control: Im
     src_pids = None
     if source_index is not None:
         src_pids = np.asarray(train.patient_ids).astype(str)[np.asarray(source_index)[pick.numpy()]]
+    # bootstrap clusters: a predicate's source patient, else the released image's own patient
+    # (a control release of real scans: one patient's scans are dependent)
+    groups = src_pids if src_pids is not None else np.asarray(release.patient_ids).astype(str)[pick.numpy()]
     populations = (("train", train), ("control", control), ("heldout", heldout))
-    attackers = []
+    hits = {}
     for space, features, kinds in (("auditor", embed, p["predicates"]),
                                    *((s, f, ("ball",)) for s, f in (spaces or {}).items())):
         pred = torch.as_tensor(features(release)).float()
@@ -112,14 +116,15 @@ def attack_release(release: ImageSet, source_index, train: ImageSet, control: Im
             raise ValueError(f"attacker space {space!r}: the release's features contain NaN or infinite values")
         res = evaluate_pso(pred[pick], src_pids, pops["train"], pops["control"], pops["heldout"],
                            auditor if space == "auditor" else None, kinds=kinds, weight_factor=p["weight_factor"],
-                           verifier_threshold=p["verifier_threshold"], seed=seed, level=p["level"])
+                           verifier_threshold=p["verifier_threshold"], seed=seed, level=p["level"], groups=groups,
+                           n_boot=p["n_boot"])
         for kind, fields in res.items():
             prefix = kind if space == "auditor" else f"{space}_{kind}"
+            hits[prefix] = fields.pop("hits")
             row.update({f"{prefix}_{k}": v for k, v in fields.items()})
-            attackers.append(prefix)
     row.update({f"pso_{k}": row[f"{p['primary']}_{k}"] for k in res_fields(row, p["primary"])})
     row["pso_kind"] = p["primary"]
-    row.update(strongest_attacker(row, attackers, p["level"]))
+    row.update(strongest_attacker(hits, p["level"], p["n_boot"], seeds.derive(seed, "privacy", "bootstrap")))
     return row
 
 

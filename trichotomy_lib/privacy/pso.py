@@ -35,7 +35,9 @@ the control rate as the theory's prediction of it.
 
 Risk (Anonymeter, Giomi et al. PETS 2023): the same predicates are evaluated on the training
 population (attack rate a) and on an equally large control population never trained on
-(control rate c); ``risk = (a − c) / (1 − c)`` with a 95 % CI (``stats.singling_out_risk``).
+(control rate c); ``risk = (a − c) / (1 − c)``. Its 95 % CI resamples the predicates, whole
+source patients at a time, each with its attack and control outcome together
+(``stats.paired_singling_out_risk``: a cluster bootstrap over patients, paired).
 The headline (``primary``) kind is ``"ball"``: the verifier head was trained to answer
 same/different at 0.5, not to rank, and its logit saturates (near-copies and genuinely
 similar patients get the same top score), so at a weight far below 1/n it has little room;
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 
 from ..config import section
-from ..evaluation.stats import cohen_nissim_isolation_probability, singling_out_risk, wilson_interval
+from ..evaluation.stats import cohen_nissim_isolation_probability, paired_singling_out_risk, wilson_interval
 from .. import seeds
 
 __all__ = ["PRIVACY_DEFAULTS", "PREDICATES", "ATTACKER_SPACES", "ATTACKER_LABELS", "privacy_config", "Population", "patient_scores",
@@ -75,6 +77,7 @@ PRIVACY_DEFAULTS: dict = {
     "nn_quantile": 0.05,         # "closer than this quantile of held-out real NN distances"
     "nn_max_size": 64,           # pixel NN distances on images area-downsampled to at most this size
     "level": 0.95,               # confidence level of every interval
+    "n_boot": 4000,              # bootstrap resamples of the singling-out intervals (>= 100)
     "batch_size": 256,           # images per auditor forward pass
     # Attackers beyond the auditor's two: a ball predicate in each of these feature spaces
     # ("pixels": the whole image; "encoder": the pseudo-conditioning encoder the generator is
@@ -106,6 +109,8 @@ def privacy_config(cfg: dict) -> dict:
     for key in ("verifier_threshold", "audit_threshold", "audit_false_alarm", "level", "nn_quantile"):
         if not 0 < p[key] < 1:
             raise ValueError(f"privacy.{key} must be in (0, 1), got {p[key]}")
+    if not (isinstance(p["n_boot"], int) and p["n_boot"] >= 100):
+        raise ValueError(f"privacy.n_boot must be an integer >= 100, got {p['n_boot']!r}")
     if not (isinstance(p["audit_k"], int) and p["audit_k"] >= 1):
         raise ValueError(f"privacy.audit_k must be an integer >= 1, got {p['audit_k']!r}")
     if not (isinstance(p["nn_max_size"], int) and p["nn_max_size"] >= 4):
@@ -215,7 +220,8 @@ def count_matches(scores: torch.Tensor, t: float) -> tuple[np.ndarray, np.ndarra
 
 def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population, control: Population,
                  heldout: Population, auditor, kinds=PREDICATES, weight_factor: float = 0.1,
-                 verifier_threshold: float = 0.5, seed: int = 0, level: float = 0.95) -> dict:
+                 verifier_threshold: float = 0.5, seed: int = 0, level: float = 0.95, groups=None,
+                 n_boot: int = 4000) -> dict:
     """The attack game for one release's predicates → ``{kind: result dict}``.
 
     Args:
@@ -230,15 +236,24 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
         heldout: patients in neither, split in halves: threshold calibration / weight estimate.
         kinds: predicate kinds (``PREDICATES``). weight_factor: target weight · n (0, 1].
         verifier_threshold: floor of the verifier predicate's probability (default 0.5).
-        seed: seeds the subsampling and the held-out halves. level: CI level.
+        seed: seeds the subsampling, the held-out halves and the bootstrap. level: CI level.
+        groups: (P,) the cluster of each predicate for the bootstrap (default: its source
+            patient where known, else each predicate alone). n_boot: bootstrap resamples.
 
     Each result: threshold, target_weight, weight (estimate with Wilson interval, pooled over
     predicate × patient pairs of the weight half), cn_baseline = B(n, weight) from (1),
-    attack/control successes and rates, risk with CI and warning (``singling_out_risk``),
-    mean number of matched patients in train and control, correct isolation rate.
+    attack/control successes and rates, risk with CI and warning (``paired_singling_out_risk``),
+    mean number of matched patients in train and control, correct isolation rate, and
+    ``"hits"``: ``{"attack", "control", "groups"}`` per predicate (for the multiplicity-corrected
+    interval over attackers, ``attack.strongest_attacker``; not a table field).
     """
     rng = seeds.rng(seed, "privacy", "pso")
     src = None if pred_source_patients is None else np.asarray(pred_source_patients).astype(str)
+    if groups is None:
+        groups = src if src is not None else np.arange(len(pred_emb))
+    groups = np.asarray(groups)
+    if groups.shape != (len(pred_emb),):
+        raise ValueError(f"groups must have one label per predicate ({len(pred_emb)},), got shape {groups.shape}")
     keep = np.ones(len(pred_emb), dtype=bool)
     n = min(train.n, control.n)
     if train.n > n:
@@ -251,6 +266,7 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
         raise ValueError("no predicate's source patient is in the (subsampled) training population")
     pred_emb = pred_emb[torch.from_numpy(keep)]
     src = None if src is None else src[keep]
+    groups = groups[keep]
     if heldout.n < 2:
         raise ValueError(f"the held-out weight population has {heldout.n} patient(s); need >= 2")
     perm = rng.permutation(heldout.patients)
@@ -265,7 +281,7 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
         cnt_t, who_t = count_matches(patient_scores(kind, pred_emb, train, auditor), t)
         cnt_c, _ = count_matches(patient_scores(kind, pred_emb, control, auditor), t)
         att, ctl = cnt_t == 1, cnt_c == 1
-        risk = singling_out_risk(int(att.sum()), len(att), int(ctl.sum()), len(ctl), level)
+        risk = paired_singling_out_risk(att, ctl, groups, level, n_boot, seeds.derive(seed, "privacy", "bootstrap"))
         w_hat, w_lo, w_hi = wilson_interval(w_hits, w_trials, level)
         res = {
             "n_population": n, "n_predicates": len(pred_emb), "threshold": t,
@@ -278,6 +294,8 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
             "risk": risk["risk"], "risk_lo": risk["risk_lo"], "risk_hi": risk["risk_hi"],
             "risk_unclipped": risk["risk_unclipped"], "warning": risk["warning"],
             "matches_train_mean": float(cnt_t.mean()), "matches_control_mean": float(cnt_c.mean()),
+            "interval": risk["interval"], "n_groups": risk["n_groups"],
+            "hits": {"attack": att, "control": ctl, "groups": groups},
         }
         if src is not None:
             correct = att & (train.patients[np.maximum(who_t, 0)] == src)

@@ -69,7 +69,7 @@ def attacker_spaces(pipe: Pipeline, names) -> dict:
 
 @stage("privacy_eval", keys=("seed", "privacy"),
        deps=("data", "encoder", "attacker_encoder", "reid_defender", "reid_auditor", "control_population",
-             *release_stages()), version=5)
+             *release_stages()), version=6)
 def privacy_eval_stage(ctx: StageContext) -> None:
     """Audit + singling-out attack of every release (controls first) → results table."""
     pipe = ctx.pipeline
@@ -94,7 +94,7 @@ def privacy_eval_stage(ctx: StageContext) -> None:
 
 
 @stage("privacy_controls", keys=("seed", "data", "privacy"),
-       deps=("data", "encoder", "attacker_encoder", "reid_defender", "reid_auditor", "control_population"), version=2)
+       deps=("data", "encoder", "attacker_encoder", "reid_defender", "reid_auditor", "control_population"), version=3)
 def privacy_controls_stage(ctx: StageContext) -> None:
     """Every attacker on graded leaks of the training data and on the negative controls."""
     pipe = ctx.pipeline
