@@ -71,6 +71,11 @@ def test_strongest_attacker_widens_the_interval_for_the_number_tried():
     assert best["strongest_attacker"] == "x" and best["strongest_level"] == pytest.approx(0.975)
     assert best["n_attackers"] == 2 and best["strongest_risk"] == pytest.approx(nominal["risk"])
     assert best["strongest_risk_hi"] > nominal["risk_hi"] and best["strongest_risk_lo"] < nominal["risk_lo"]
+    assert (best["x_risk_lo_corrected"], best["x_risk_hi_corrected"]) == (best["strongest_risk_lo"],
+                                                                        best["strongest_risk_hi"])
+    y = hits["y"]
+    y_nominal = paired_singling_out_risk(y["attack"], y["control"], y["groups"], 0.95, 2000, 1)
+    assert best["y_risk_hi_corrected"] > y_nominal["risk_hi"]     # every attacker's corrected interval
     with pytest.raises(ValueError, match="no attacker"):
         strongest_attacker({})
 

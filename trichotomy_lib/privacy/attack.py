@@ -32,20 +32,23 @@ def strongest_attacker(hits: dict, level: float = 0.95, n_boot: int = 4000, seed
     ``evaluate_pso`` returns; every interval is ``stats.paired_singling_out_risk`` at the
     corrected level (same resamples for every attacker: same ``seed``, predicates and groups).
     Ties on the upper bound go to the larger point estimate. Returns ``{"strongest_attacker",
-    "strongest_risk", "strongest_risk_lo", "strongest_risk_hi", "strongest_level", "n_attackers"}``.
+    "strongest_risk", "strongest_risk_lo", "strongest_risk_hi", "strongest_level", "n_attackers"}``
+    and every attacker's corrected interval, ``"<attacker>_risk_lo_corrected"`` / ``"_hi_corrected"``
+    (what a check over all attackers at once, e.g. "every negative control includes 0", reads).
     """
     if not hits:
         raise ValueError("no attacker to take the maximum over")
     corrected = 1 - (1 - level) / len(hits)
-    best = None
+    best, bounds = None, {}
     for name, h in hits.items():
         r = paired_singling_out_risk(h["attack"], h["control"], h["groups"], corrected, n_boot, seed)
+        bounds.update({f"{name}_risk_lo_corrected": r["risk_lo"], f"{name}_risk_hi_corrected": r["risk_hi"]})
         key = (-1.0 if not np.isfinite(r["risk_hi"]) else r["risk_hi"], r["risk"] if np.isfinite(r["risk"]) else -1.0)
         if best is None or key > best[0]:
             best = (key, name, r)
     _, name, r = best
     return {"strongest_attacker": name, "strongest_risk": r["risk"], "strongest_risk_lo": r["risk_lo"],
-            "strongest_risk_hi": r["risk_hi"], "strongest_level": corrected, "n_attackers": len(hits)}
+            "strongest_risk_hi": r["risk_hi"], "strongest_level": corrected, "n_attackers": len(hits), **bounds}
 
 
 def attack_release(release: ImageSet, source_index, train: ImageSet, control: ImageSet, auditor, cfg: dict,
