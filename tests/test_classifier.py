@@ -128,6 +128,24 @@ def test_deterministic_given_seed(data, tiny):
     assert tiny.history == again.history
 
 
+def test_soft_targets_replace_the_labels(data, tiny):
+    """targets: the labels as floats reproduce label training exactly; a teacher's probabilities
+    are what is learnt (here: targets that swap two findings teach the swap); bad targets are named."""
+    train, val, x = data["train"], data["val"], data["test"].tensor()
+    same = fit_classifier(train, val, TINY, seed=3, progress=False, targets=train.labels.astype(np.float32))
+    assert np.array_equal(same.predict_proba(x), tiny.predict_proba(x))
+    swap = [7, 1, 2, 3, 4, 5, 6, 0]  # two blobs far apart (augmentation shifts and flips the image)
+    swapped_val = ImageSet(val.images, val.labels[:, swap], val.patient_ids, val.names)  # picks the epoch
+    taught = fit_classifier(train, swapped_val, TINY | {"width": 8, "epochs": 10, "lr": 1e-2}, seed=0, progress=False,
+                            targets=train.labels[:, swap].astype(np.float32))
+    auroc = evaluate_classifier(taught, data["test"], n_boot=0, seed=0)["auroc"]
+    assert auroc.iloc[0] < 0.4 and auroc.iloc[7] < 0.4 and auroc.iloc[2] > 0.8, auroc  # findings 0 and 7 swapped
+    with pytest.raises(ValueError, match=r"targets must be \(320, 8\)"):
+        fit_classifier(train, val, TINY, seed=0, targets=np.zeros((3, 8)))
+    with pytest.raises(ValueError, match="probabilities in"):
+        fit_classifier(train, val, TINY, seed=0, targets=np.full((320, 8), 1.5))
+
+
 def test_resumes_from_checkpoint(data, tmp_path):
     cfg = TINY | {"epochs": 3}
     full = fit_classifier(data["train"], data["val"], cfg, seed=5, progress=False)

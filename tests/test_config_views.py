@@ -46,13 +46,20 @@ def test_bad_values_fail_when_the_pipeline_is_built(tmp_path):
         Pipeline({**base, "encoder": {"stepz": 3}}, run_dir=tmp_path)
 
 
-def _stand_in_sampler(pipe, mode, conditions, progress=False, solver=None, steps=None, guide=None):
-    """A sampler that writes (source, guidance, guide) into the image, so the test can read them back."""
+def _stand_in_sampler(pipe, mode, conditions, progress=False, solver=None, steps=None, guide=None,
+                      condition_noise=None, condition_labels=None):
+    """A sampler that writes (source, guidance, guide, clean condition) into the image, so the test
+    can read them back."""
+    g = pipe.cfg["generate"]
+    clean = ((g["condition_noise"] if condition_noise is None else condition_noise) == 0
+             and not (g["condition_labels"] if condition_labels is None else condition_labels))
+
     def fn(sources, sample_seeds, guidance):
         x = torch.zeros(len(sources), 1, 8, 8)
         x[:, 0, 0, 0] = torch.as_tensor(np.asarray(sources), dtype=torch.float32) / 100
         x[:, 0, 0, 1] = guidance / 10
         x[:, 0, 0, 2] = 0.5 if guide == "early" else 0.0
+        x[:, 0, 0, 3] = 0.5 if mode == "pseudo" and clean else 0.0
         return x
     return fn
 
@@ -78,10 +85,11 @@ def fake_upstream(tmp_path, monkeypatch):
 def test_a_valid_guidance_schedule_runs_every_release_stage_that_reads_part_of_it(fake_upstream):
     """generate.filter {guidance 0.9, floor 0.7} is valid; stages that declare only
     generate.filter.guidance must read the resolved value, not rebuild the section from it."""
-    cfg = {**config.resolve("smoke"), "generate": {"filter": {"guidance": 0.9, "guidance_floor": 0.7}}}
+    cfg = {**config.resolve("smoke"), "generate": {"filter": {"guidance": 0.9, "guidance_floor": 0.7},
+                                                   "condition_noise": 2.0, "condition_labels": True}}
     pipe = Pipeline(cfg, run_dir=fake_upstream, verbose=False)
     for name, guidance in (("edm_class", 0.9), ("diadm_raw", 0.9), ("edm_class_autoguide", 0.9),
-                           ("diadm_raw_autoguide", 0.9)):
+                           ("diadm_raw_autoguide", 0.9), ("diadm_raw_paper", 0.9)):
         release, source_index = gen_stage.load_release(pipe, name)
         assert len(release) == 10 and np.array_equal(source_index, np.arange(10))
         assert np.allclose(release.images[:, 0, 1] / 255 * 2 - 1, guidance / 10, atol=0.01), name
@@ -89,6 +97,12 @@ def test_a_valid_guidance_schedule_runs_every_release_stage_that_reads_part_of_i
         autoguided = name.endswith("_autoguide")  # the twins sample with the early checkpoint as the guide
         assert np.allclose(release.images[:, 0, 2] / 255 * 2 - 1, 0.5 if autoguided else 0.0, atol=0.01), name
         assert gen_stage.release_info(pipe, name)["guide"] == ("early" if autoguided else "uncond")
+        paper = name == "diadm_raw_paper"  # the paper's condition: the clean embedding alone, whatever the profile's
+        assert np.allclose(release.images[:, 0, 3] / 255 * 2 - 1, 0.5 if paper else 0.0, atol=0.01), name
+    # the paper-condition release does not depend on the profile's condition: its cache key ignores it
+    other = Pipeline({**cfg, "generate": {**cfg["generate"], "condition_noise": 1.0, "condition_labels": False}},
+                     run_dir=fake_upstream, verbose=False)
+    assert other.is_cached("release_diadm_paper") and not other.is_cached("release_diadm_raw")
 
 
 def test_a_stage_that_reads_an_undeclared_key_or_stage_fails(fake_upstream, monkeypatch):

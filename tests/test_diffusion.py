@@ -425,6 +425,11 @@ def test_stage_trains_saves_and_samples_every_mode(tmp_path):
     direct = sample(dstage.load_denoiser(pipe, "pseudo"), {"embedding": emb[rows], "labels": torch.as_tensor(labels[rows])},
                     seeds_, steps=g["steps"], guidance=1.0, solver=g["solver"], precision=g["precision"])
     assert torch.equal(both, direct) and not torch.equal(both, plain)  # the training row's labels, given
+    # the paper's condition overrides the profile's: the clean embedding alone
+    noisy = Pipeline(deep_merge(cfg, {"generate": {"condition_labels": True, "condition_noise": 2.0}}), verbose=False)
+    assert not torch.equal(make_sample_fn(noisy, "pseudo", emb.numpy())(rows, seeds_, 1.0), both)
+    assert torch.equal(make_sample_fn(noisy, "pseudo", emb.numpy(), condition_noise=0.0,
+                                      condition_labels=False)(rows, seeds_, 1.0), plain)
     # generate.precision: the releases' sampler runs the network in that precision
     fp32 = make_sample_fn(Pipeline(deep_merge(cfg, {"generate": {"condition_labels": True, "precision": "fp32"}}),
                                    verbose=False), "pseudo", emb.numpy())(rows, seeds_, 1.0)

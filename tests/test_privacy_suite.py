@@ -45,6 +45,27 @@ def test_every_attacker_fires_on_copies_and_stays_at_baseline_on_unseen_patients
     assert pos["ball_risk_unclipped"] >= pos["ball_risk"] - 1e-12 and neg["ball_risk_unclipped"] <= 1
 
 
+def test_a_measured_risk_needs_a_corrected_lower_bound_above_zero(world):
+    """measurable_risk (notebook 06's "is the suite blind?" table): copies give a corrected lower
+    bound above 0, unseen patients do not; the bound read is the one corrected for the number of
+    attackers, not the nominal 95 % one."""
+    from trichotomy_lib.analysis.privacy import measurable_risk
+
+    spaces = {"pixels": lambda s: pixel_features(s)}
+    rows = {"copies": _attack(world, *positive_control_release(world["train"], 0.02, seed=0), spaces, "copies"),
+            "unseen": _attack(world, *negative_control_release(world["heldout"]), spaces, "unseen")}
+    df = pd.DataFrame.from_dict(rows, orient="index").assign(label=["copies (label)", "unseen (label)"])
+    table = measurable_risk(df, ["copies", "unseen", "not evaluated"])
+    assert list(table.index) == ["copies (label)", "unseen (label)"]
+    assert table.loc["copies (label)", "measured (lower bound > 0)"]
+    assert not table.loc["unseen (label)", "measured (lower bound > 0)"]
+    best = max(("ball", "verifier", "pixels_ball"), key=lambda p: rows["copies"][f"{p}_risk_lo_corrected"])
+    assert table.loc["copies (label)", "lower bound"] == rows["copies"][f"{best}_risk_lo_corrected"]
+    assert table.loc["copies (label)", "lower bound"] <= rows["copies"][f"{best}_risk_lo"]  # corrected: wider
+    with pytest.raises(ValueError, match="no attacker"):
+        measurable_risk(df.drop(columns=[c for c in df.columns if c.endswith("_corrected")]), ["copies"])
+
+
 def test_the_pixel_attacker_sees_what_the_auditor_is_blind_to(world):
     """An auditor that ignores the image (a constant embedding) cannot single anyone out; the
     pixel ball still catches the copies — the reason the headline is the strongest attacker."""

@@ -28,6 +28,8 @@ CHECK_DEFAULTS: dict = {
     "positive_all_rate": None,    # 06: positive control re-identified against the training set (>= this)
     "controls_monotone": None,    # 06: share of (leak ladder, attacker) whose risk falls as the leak weakens (>= this)
     "veto_sensitivity": None,     # 06: the filter's lowest veto rate on planted near-duplicates (>= this)
+    "paper_condition_risk": None, # 06: lower bound of the strongest attacker's risk on raw DiADM under the paper's
+                                  #   condition (> this: the suite sees the identity an unfiltered DiADM sample carries)
     "cross_site_diagonal": None,  # 07: true: each site's own test AUROC beats the off-diagonal mean
     "finding_auroc": None,        # 07: the real row's weakest per-finding AUROC (>= this: every finding learnable)
     "utility_ci_halfwidth": None, # 07: half-width of the real row's mean-AUROC interval, points (<= this: power)

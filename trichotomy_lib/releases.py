@@ -39,6 +39,8 @@ RELEASES: dict[str, Release] = {r.name: r for r in (
             "DiADM: conditioned on the source's embedding, the first candidate, no filter"),
     Release("diadm_raw_autoguide", "release_autoguide", "DiADM raw, autoguidance",
             "diadm_raw with the network's early checkpoint as the guide instead of its unconditional mode"),
+    Release("diadm_raw_paper", "release_diadm_paper", "DiADM raw, the paper's condition",
+            "diadm_raw conditioned as in the paper: the source's clean embedding alone (no noise, no labels)"),
     Release("diadm_filter", "release_diadm_filter", "DiADM + filter",
             "DiADM + privacy filter: the most label-consistent candidate that passes every veto"),
     Release("diadm_filter_2nd", "release_diadm_filter", "DiADM + filter + 2nd best",

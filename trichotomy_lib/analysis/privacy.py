@@ -16,7 +16,7 @@ from ..stages.privacy import attacker_spaces, load_any_release
 from ..stages.reid import load_verifier
 
 __all__ = ["privacy", "privacy_attackers", "privacy_controls", "controls_monotone", "filter_reliability",
-           "privacy_filter_tradeoff", "privacy_copy_veto_lever"]
+           "privacy_filter_tradeoff", "privacy_copy_veto_lever", "measurable_risk"]
 
 
 def _ci(rate, lo, hi, digits: int = 2) -> str:
@@ -84,6 +84,34 @@ def privacy_attackers(df: pd.DataFrame) -> pd.DataFrame:
 
 def _attackers_in(df: pd.DataFrame) -> list[str]:
     return [prefix for prefix in ATTACKER_LABELS if f"{prefix}_risk_hi" in df.columns]
+
+
+def measurable_risk(df: pd.DataFrame, names) -> pd.DataFrame:
+    """Is a risk *measured* on each release of ``names``? The attacker whose lower bound, corrected
+    for the number of attackers tried (as the headline's upper bound), is highest.
+
+    A lower bound above 0 means that attacker singles out training patients more often than the
+    control population, beyond what chance and the choice among attackers explain. One row per
+    release (display name): that attacker, its risk with the corrected interval, the lower bound,
+    and the strongest attacker by upper bound beside it. Releases missing from ``df`` are skipped.
+    """
+    rows = {}
+    for name in names:
+        if name not in df.index:
+            continue
+        r = df.loc[name]
+        lows = {p: float(r[f"{p}_risk_lo_corrected"]) for p in _attackers_in(df)
+                if f"{p}_risk_lo_corrected" in r and np.isfinite(r[f"{p}_risk_lo_corrected"])}
+        if not lows:
+            raise ValueError(f"release {name!r} has no attacker with a corrected interval")
+        best = max(lows, key=lambda p: (lows[p], r[f"{p}_risk"]))
+        rows[r["label"]] = {"attacker with the highest lower bound": ATTACKER_LABELS[best],
+                            "its risk (corrected CI)": _ci(r[f"{best}_risk"], lows[best], r[f"{best}_risk_hi_corrected"]),
+                            "lower bound": lows[best], "measured (lower bound > 0)": lows[best] > 0,
+                            "strongest by upper bound": ATTACKER_LABELS.get(r["strongest_attacker"], r["strongest_attacker"])}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "release"
+    return out
 
 
 def privacy_controls(controls: pd.DataFrame) -> pd.DataFrame:

@@ -1,5 +1,5 @@
 """Stages ``release_edm_class``, ``release_diadm_raw``, ``release_autoguide``,
-``release_diadm_filter``: the synthetic releases (DESIGN step 6; the registry is
+``release_diadm_paper``, ``release_diadm_filter``: the synthetic releases (DESIGN step 6; the registry is
 ``releases.RELEASES``, the settings ``privacy.generation``).
 
 The filter releases (``releases.FILTERED``: 1, 2 and 4 survivors per source) come from one run
@@ -53,19 +53,24 @@ _SAMPLING_KEYS = ("seed", "generate.n_sources", "generate.solver", "generate.ste
 
 
 def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: bool = False,
-                   solver: str | None = None, steps: int | None = None, guide: str | None = None):
+                   solver: str | None = None, steps: int | None = None, guide: str | None = None,
+                   condition_noise: float | None = None, condition_labels: bool | None = None):
     """``fn(sources, seeds, guidance)`` of the trained denoiser serving ``mode`` ("class" with
     labels, "pseudo" with embeddings, indexed by source), with the profile's ``generate``
     sampler settings (``solver``/``steps``/``guide`` override them: guide "uncond" is
     classifier-free, "early" autoguidance; ``generate.precision`` is that of the network
     evaluations); pseudo-conditions get the profile's
     ``generate.condition_noise`` and, with ``generate.condition_labels``, the labels of the training
-    image they are indexed by (pseudo-conditions are always indexed by training row)."""
+    image they are indexed by (pseudo-conditions are always indexed by training row).
+    ``condition_noise`` / ``condition_labels`` override those two (0.0 and False: the paper's
+    DiADM condition, the clean embedding alone)."""
     g = pipe.cfg["generate"]
-    if mode == "pseudo" and g["condition_noise"]:
-        conditions = noisy_conditions(conditions, g["condition_noise"], int(pipe.cfg["seed"]))
+    noise = g["condition_noise"] if condition_noise is None else condition_noise
+    with_labels = g["condition_labels"] if condition_labels is None else condition_labels
+    if mode == "pseudo" and noise:
+        conditions = noisy_conditions(conditions, noise, int(pipe.cfg["seed"]))
     net, labels = load_denoiser(pipe, mode), None
-    if mode == "pseudo" and g["condition_labels"]:
+    if mode == "pseudo" and with_labels:
         if net.config.label_dim == 0:
             raise ConfigError("generate.condition_labels: the network serving 'pseudo' has no label input "
                               "(label_dim=0); it needs the joint network (diffusion.models: [joint])")
@@ -162,9 +167,10 @@ def _finish(ctx: StageContext, name: str, release: ImageSet, source_index, audit
 
 
 def _single_sample_release(ctx: StageContext, name: str, mode: str, conditions, stream_tags, guidance: float,
-                           guide: str | None = None) -> None:
+                           guide: str | None = None, **condition) -> None:
     """One sample per source from stream ``stream_tags`` (attempt 0, candidate 0) at ``guidance``
-    (``guide``: None = the profile's ``generate.guide``)."""
+    (``guide``: None = the profile's ``generate.guide``; ``condition``: ``condition_noise`` /
+    ``condition_labels`` overrides of ``make_sample_fn``)."""
     if (ctx.out / name / "release.json").exists():  # finished before an interruption
         return
     g = ctx.config["generate"]
@@ -172,13 +178,13 @@ def _single_sample_release(ctx: StageContext, name: str, mode: str, conditions, 
     train = load_splits(ctx.pipeline)["train"]
     sources = source_indices(len(train), g["n_sources"], seed)
     start = time.perf_counter()
-    fn = make_sample_fn(ctx.pipeline, mode, conditions(train), guide=guide)
+    fn = make_sample_fn(ctx.pipeline, mode, conditions(train), guide=guide, **condition)
     stream = seeds.stream_id(seed, *stream_tags)
     images = _sample_chunked(ctx.out / "chunks" / name, sources,
                              lambda s: fn(s, seeds.sample_seeds(stream, s), guidance), g["filter"]["chunk_size"], name)
     _finish(ctx, name, make_release(name, images, sources, train), sources, seconds=round(time.perf_counter() - start, 2),
             guidance=guidance, solver=g["solver"], steps=g["steps"], guide=guide or g["guide"],
-            precision=sampling_precision(ctx.pipeline))
+            precision=sampling_precision(ctx.pipeline), **condition)
     shutil.rmtree(ctx.out / "chunks" / name)
     if not any((ctx.out / "chunks").iterdir()):
         (ctx.out / "chunks").rmdir()
@@ -211,6 +217,22 @@ def release_autoguide_stage(ctx: StageContext) -> None:
                            EDM_CLASS_STREAM, ctx.config["generate.class_guidance"], guide="early")
     _single_sample_release(ctx, "diadm_raw_autoguide", "pseudo", lambda train: load_embeddings(ctx.pipeline, "train"),
                            DIADM_STREAM, ctx.config["generate.filter.guidance"], guide="early")
+
+
+_PAPER_CONDITION_KEYS = tuple(k for k in _SAMPLING_KEYS if k not in ("generate.condition_noise",
+                                                                         "generate.condition_labels"))
+
+
+@stage("release_diadm_paper", keys=(*_PAPER_CONDITION_KEYS, "generate.filter.guidance", "generate.filter.chunk_size"),
+       deps=("data", "encoder", "diffusion"), version=1)
+def release_diadm_paper_stage(ctx: StageContext) -> None:
+    """``diadm_raw`` under the paper's condition: the source's clean embedding alone (no noise, no
+    labels), the same seeds, guidance and guide — so the pair differs in the condition alone and
+    shows what the profile's condition (``generate.condition_noise`` / ``condition_labels``) does
+    to the identity a raw DiADM sample carries."""
+    _single_sample_release(ctx, "diadm_raw_paper", "pseudo", lambda train: load_embeddings(ctx.pipeline, "train"),
+                           DIADM_STREAM, ctx.config["generate.filter.guidance"], condition_noise=0.0,
+                           condition_labels=False)
 
 
 @stage("release_diadm_filter", keys=(*_SAMPLING_KEYS, "generate.filter"),

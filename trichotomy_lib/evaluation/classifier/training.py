@@ -104,14 +104,26 @@ def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> list[np.nda
     return [b for b in batches if len(b) > 1] or [order]
 
 
-def _run_fingerprint(cfg: dict, seed: int, train_set: ImageSet, val_set: ImageSet) -> str:
+def _run_fingerprint(cfg: dict, seed: int, train_set: ImageSet, val_set: ImageSet, targets=None) -> str:
     """Identifies a training run, so a checkpoint is only resumed by the run that wrote it."""
     h = hashlib.sha256(json.dumps(to_jsonable({"cfg": cfg, "seed": seed}), sort_keys=True).encode())
     for s in (train_set, val_set):
         h.update(np.ascontiguousarray(s.labels).tobytes())
         h.update(np.ascontiguousarray(s.images[:: max(1, len(s) // 64)]).tobytes())
         h.update(str(s.images.shape).encode())
+    if targets is not None:
+        h.update(b"targets" + np.ascontiguousarray(targets).tobytes())
     return h.hexdigest()[:16]
+
+
+def _check_targets(targets, n: int) -> np.ndarray:
+    """Soft BCE targets: (n, 8) finite, in [0, 1]."""
+    t = np.asarray(targets, dtype=np.float32)
+    if t.shape != (n, N_LABELS):
+        raise ValueError(f"fit_classifier: targets must be ({n}, {N_LABELS}), one row per training image, got {t.shape}")
+    if not np.isfinite(t).all() or t.min() < 0 or t.max() > 1:
+        raise ValueError("fit_classifier: targets must be finite probabilities in [0, 1]")
+    return t
 
 
 def fit_classifier(
@@ -122,6 +134,7 @@ def fit_classifier(
     checkpoint_dir: str | os.PathLike | None = None,
     callback: Callable[[dict, nn.Module], None] | None = None,
     progress: bool = True,
+    targets: np.ndarray | None = None,
 ) -> Classifier:
     """Train the reference classifier on any labelled ImageSet (real or synthetic).
 
@@ -138,6 +151,10 @@ def fit_classifier(
     callback: called after every epoch as ``callback(record, net)`` with the epoch's
         history record (``epoch``, ``train_loss``, ``val_loss``, ``best``) — for monitoring.
     progress: show a tqdm bar over training steps.
+    targets: None (default) trains on ``train_set.labels``; an (N, 8) array of probabilities in
+        [0, 1] replaces them as the BCE targets — a teacher's outputs, i.e. distillation (a
+        diagnostic of ``benchmarks/utility_gap.py``, not the paper's recipe). The epoch is
+        still chosen by the val split's own labels.
 
     Returns a ``Classifier`` holding the weights of the epoch with the lowest val loss,
     on ``default_device()``.
@@ -145,6 +162,8 @@ def fit_classifier(
     cfg = classifier_config(cfg)
     _check_training_set(train_set, "train_set")
     _check_training_set(val_set, "val_set")
+    if targets is not None:
+        targets = _check_targets(targets, len(train_set))
     shape = tuple(train_set.images.shape[1:])
     if tuple(val_set.images.shape[1:]) != shape:
         raise ValueError(f"fit_classifier: val_set images are {tuple(val_set.images.shape[1:])}, train_set images are {shape}")
@@ -164,7 +183,7 @@ def fit_classifier(
     history: list[dict] = []
     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     best_epoch, start_epoch = -1, 0
-    fingerprint = _run_fingerprint(cfg, seed, train_set, val_set)
+    fingerprint = _run_fingerprint(cfg, seed, train_set, val_set, targets)
     state_file = Path(checkpoint_dir) / TRAINING_STATE_FILE if checkpoint_dir is not None else None
     if state_file is not None and state_file.exists():
         state = load_training_state(state_file)
@@ -178,7 +197,7 @@ def fit_classifier(
     if state_file is not None:
         state_file.parent.mkdir(parents=True, exist_ok=True)
 
-    labels = torch.from_numpy(np.asarray(train_set.labels, dtype=np.float32))
+    labels = torch.from_numpy(np.asarray(train_set.labels if targets is None else targets, dtype=np.float32))
     steps_per_epoch = len(epoch_batches(seed, 0, len(train_set), cfg["batch_size"]))
     bar = tqdm(total=cfg["epochs"] * steps_per_epoch, initial=start_epoch * steps_per_epoch,
                desc=f"classifier ({cfg['arch']})", disable=not progress, leave=False)
