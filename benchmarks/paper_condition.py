@@ -53,9 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
-    base = config.resolve(args.profile)
-    if args.run_root is not None:
-        base = config.deep_merge(base, {"run_root": args.run_root})
+    base = config.resolve(args.profile, {"run_root": args.run_root} if args.run_root else {})
     pipe = Pipeline(base, verbose=False)
     g = pipe.cfg["generate"]
     profile_condition = ("labels + " if g["condition_labels"] else "") + f"embedding, σ = {g['condition_noise']:g}"

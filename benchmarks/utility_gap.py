@@ -81,9 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
-    cfg = config.resolve(args.profile)
-    if args.run_root is not None:
-        cfg = config.deep_merge(cfg, {"run_root": args.run_root})
+    cfg = config.resolve(args.profile, {"run_root": args.run_root} if args.run_root else {})
     pipe = Pipeline(cfg, verbose=False)
     splits = load_splits(pipe)
     val, teacher = splits["val"], load_classifier(pipe)
