@@ -25,7 +25,9 @@ Mean AUROC on the real **val** split, which also picks the epoch; the test split
 notebook 07. ``--seeds`` classifier seeds (the utility table's seeds), the same for every set.
 Distillation is a diagnostic here, not the paper's recipe: a release's labels are its sources'.
 
-    python benchmarks/utility_gap.py --profile default            # ~10 min on 2 cores
+    python benchmarks/utility_gap.py --profile default            # ~7 min on 2 cores
+
+Written: ``--out`` (markdown + csv; default ``<figures_dir>/utility_gap``, shown by notebook 07).
 
 Run it after ``trichotomy reproduce --profile default`` (it reads the pipeline's cache; ``--run-root``
 points at another one). Nothing is asserted.
@@ -34,6 +36,7 @@ points at another one). Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,8 +44,10 @@ from tqdm.auto import tqdm
 
 import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 from trichotomy_lib import config
+from trichotomy_lib.analysis.utility import UTILITY_GAP, gap_decomposition
 from trichotomy_lib.evaluation.classifier import fit_classifier
 from trichotomy_lib.evaluation.stats import auroc_table
+from trichotomy_lib.io import atomic_path, atomic_write_text
 from trichotomy_lib.pipeline import Pipeline
 from trichotomy_lib.releases import REAL, RELEASES, label
 from trichotomy_lib.results import to_markdown
@@ -57,20 +62,6 @@ def mean_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
     return 100 * float(auroc_table(labels, probs, n_boot=0).loc["mean", "auroc"])
 
 
-def decompose(table: pd.DataFrame) -> pd.DataFrame:
-    """Per release: the gap to real with labels, what is left with the teacher's targets on both
-    sides, and the label-noise part (their difference), from ``table``'s per-set means."""
-    real = table.loc[label(REAL)]
-    rows = {}
-    for name, r in table.drop(index=label(REAL)).iterrows():
-        gap, images = real["labels"] - r["labels"], real["teacher"] - r["teacher"]
-        rows[name] = {"gap to real (labels)": gap, "left in the images (teacher on both)": images,
-                      "label noise (the rest)": gap - images}
-    out = pd.DataFrame.from_dict(rows, orient="index")
-    out.index.name = "release"
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="default")
@@ -78,6 +69,8 @@ def main() -> None:
                     choices=list(RELEASES))
     ap.add_argument("--seeds", type=int, default=2, help="classifier seeds per (set, targets), >= 1")
     ap.add_argument("--run-root", default=None, help="cache root (default: the profile's run_root)")
+    ap.add_argument("--out", default=None,
+                    help=f"output stem (.md, .csv); default <figures_dir>/{UTILITY_GAP}, which notebook 07 reads")
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
@@ -111,11 +104,16 @@ def main() -> None:
     table["seed sd (labels)"] = spread.loc[list(sets), "labels"] if args.seeds > 1 else np.nan
     table["seed sd (teacher)"] = spread.loc[list(sets), "teacher"] if args.seeds > 1 else np.nan
     table["teacher reads the labels (AUROC)"] = [reading[n] for n in table.index]
-    print(f"\nval mean AUROC (points; {args.seeds} seeds; teacher's reading of the real val split: "
-          f"{reading['real val split (unseen)']:.1f})\n")
-    print(to_markdown(table, ".1f"))
-    print()
-    print(to_markdown(decompose(table), "+.1f"))
+    table["seeds"] = args.seeds
+    table.index.name = "training set"
+    out = Path(args.out) if args.out else config.figures_dir(cfg) / UTILITY_GAP
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp)
+    text = (f"val mean AUROC (points; {args.seeds} classifier seeds; the teacher reads the real val split's labels "
+            f"at {reading['real val split (unseen)']:.1f})\n\n" + to_markdown(table, ".1f") + "\n\n"
+            + to_markdown(gap_decomposition(table), "+.1f") + "\n")
+    atomic_write_text(out.with_suffix(".md"), text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -124,3 +124,27 @@ def test_budget_fit_extrapolates_the_measured_line_and_refuses_a_flat_one(tmp_pa
     rising.drop(columns="delta").to_csv(tmp_path / "generator_budget.csv", index=False)
     with pytest.raises(ValueError, match=r"generator_budget.csv: missing column\(s\) \['delta'\]"):
         load_generator_budget(cfg)
+
+
+def test_gap_decomposition_splits_the_gap_into_images_and_label_noise(tmp_path):
+    """gap = real − release with the carried labels; images = real − release when both learn the
+    teacher's outputs; label noise = the rest. Round trip through the benchmark's CSV."""
+    from trichotomy_lib.analysis.utility import gap_decomposition, load_utility_gap
+
+    table = pd.DataFrame({"training set": ["real data", "A", "B"], "labels": [86.0, 70.0, 74.0],
+                          "teacher": [85.0, 82.0, 80.0], "seeds": 2,
+                          "teacher reads the labels (AUROC)": [97.0, 75.0, 80.0]}).set_index("training set")
+    parts = gap_decomposition(table)
+    assert list(parts.index) == ["A", "B"]
+    assert parts.loc["A"].tolist() == pytest.approx([16.0, 3.0, 13.0])
+    assert parts.loc["B"].tolist() == pytest.approx([12.0, 5.0, 7.0])
+    with pytest.raises(ValueError, match="no 'real data' row"):
+        gap_decomposition(table.drop(index="real data"))
+
+    cfg = {"figures_dir": str(tmp_path), "profile": "x"}
+    assert load_utility_gap(cfg) is None
+    table.to_csv(tmp_path / "utility_gap.csv")
+    assert load_utility_gap(cfg).equals(table)
+    table.drop(columns="teacher").to_csv(tmp_path / "utility_gap.csv")
+    with pytest.raises(ValueError, match=r"utility_gap.csv: missing column\(s\) \['teacher'\]"):
+        load_utility_gap(cfg)

@@ -20,9 +20,11 @@ from ..stages.fidelity import load_feature_net, load_fidelity
 from ..stages.utility import load_cross_site, load_test_probs, load_training_info
 
 __all__ = ["utility_rows", "utility_main", "utility_differences", "utility_headline", "release_size_curve", "utility_fidelity", "utility_cross_site",
-           "feature_space_note", "sample_fd", "GENERATOR_BUDGET", "budget_fit", "load_generator_budget"]
+           "feature_space_note", "sample_fd", "GENERATOR_BUDGET", "budget_fit", "load_generator_budget",
+           "UTILITY_GAP", "gap_decomposition", "load_utility_gap"]
 
 GENERATOR_BUDGET = "generator_budget"  # <figures_dir>/generator_budget.csv, written by benchmarks/generator_budget.py
+UTILITY_GAP = "utility_gap"            # <figures_dir>/utility_gap.csv, written by benchmarks/utility_gap.py
 
 
 def utility_rows(pipe: Pipeline, releases=None) -> dict:
@@ -191,3 +193,37 @@ def load_generator_budget(cfg: dict) -> pd.DataFrame | None:
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; rerun benchmarks/generator_budget.py")
     return table
+
+
+def gap_decomposition(table: pd.DataFrame) -> pd.DataFrame:
+    """Where each release's utility gap sits, from ``benchmarks/utility_gap.py``'s table (one row
+    per training set, the real one labelled ``label(REAL)``; columns ``labels`` and ``teacher``:
+    val mean AUROC in points when trained on the carried labels / on the reference classifier's
+    outputs). Per release: the gap to real with labels on both sides, the part left when both
+    sides learn the teacher's outputs (in the images: the teacher's reading transfers less well
+    from them), and the rest (label noise: samples that do not show what their labels say)."""
+    if label(REAL) not in table.index:
+        raise ValueError(f"gap_decomposition: no {label(REAL)!r} row to compare with")
+    real = table.loc[label(REAL)]
+    rows = {}
+    for name, r in table.drop(index=label(REAL)).iterrows():
+        gap, images = real["labels"] - r["labels"], real["teacher"] - r["teacher"]
+        rows[name] = {"gap to real (labels)": gap, "left in the images (teacher on both)": images,
+                      "label noise (the rest)": gap - images}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "release"
+    return out
+
+
+def load_utility_gap(cfg: dict) -> pd.DataFrame | None:
+    """The profile's measured labels-vs-images table (``<figures_dir>/utility_gap.csv``, from
+    ``benchmarks/utility_gap.py --profile <profile>``) indexed by training set, or None when it
+    was not measured."""
+    path = figures_dir(cfg) / f"{UTILITY_GAP}.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    missing = {"training set", "labels", "teacher", "seeds", "teacher reads the labels (AUROC)"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; rerun benchmarks/utility_gap.py")
+    return table.set_index("training set")
