@@ -18,8 +18,9 @@ the images. Real images distilled give the teacher's own ceiling. Then, for a re
     left in the images = real (teacher) − release (teacher)
 
 and the rest of the gap is label noise. Beside them: how well the teacher reads each set's labels
-from its images (its mean AUROC against the carried labels; on the real training split that is
-its own training data, so the real val split's reading is shown too).
+from its images (its mean AUROC against the carried labels, and per finding in the markdown: which
+findings the samples do not show; on the real training split that is its own training data, so
+the real val split's reading is shown too).
 
 Mean AUROC on the real **val** split, which also picks the epoch; the test split stays for
 notebook 07. ``--seeds`` classifier seeds (the utility table's seeds), the same for every set.
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 from trichotomy_lib import config
 from trichotomy_lib.analysis.utility import UTILITY_GAP, gap_decomposition
+from trichotomy_lib.data.imageset import LABELS
 from trichotomy_lib.evaluation.classifier import fit_classifier
 from trichotomy_lib.evaluation.stats import auroc_table
 from trichotomy_lib.io import atomic_path, atomic_write_text
@@ -60,6 +62,11 @@ from trichotomy_lib.stages.utility import classifier_recipe, row_seed
 def mean_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean per-class AUROC in points (no interval)."""
     return 100 * float(auroc_table(labels, probs, n_boot=0).loc["mean", "auroc"])
+
+
+def per_class_reading(labels: np.ndarray, probs: np.ndarray) -> pd.Series:
+    """The teacher's AUROC per finding against a set's labels, in points: which findings its images show."""
+    return 100 * auroc_table(labels, probs, class_names=list(LABELS), n_boot=0)["auroc"].drop("mean")
 
 
 def main() -> None:
@@ -81,8 +88,11 @@ def main() -> None:
     sets = {label(REAL): splits["train"], **{label(n): load_release(pipe, n)[0] for n in args.releases}}
     recipe, seed = classifier_recipe(pipe.cfg), int(pipe.cfg["seed"])
 
-    reading = {name: mean_auroc(s.labels, teacher.predict_proba(s)) for name, s in sets.items()}
-    reading["real val split (unseen)"] = mean_auroc(val.labels, teacher.predict_proba(val))
+    read_sets = {**sets, "real val split (unseen)": val}
+    outputs = {name: teacher.predict_proba(s) for name, s in read_sets.items()}
+    reading = {name: mean_auroc(s.labels, outputs[name]) for name, s in read_sets.items()}
+    by_finding = pd.DataFrame({name: per_class_reading(s.labels, outputs[name]) for name, s in read_sets.items()}).T
+    by_finding.index.name = "the teacher reads each finding's labels (AUROC) of"
     print("the teacher's mean AUROC against each set's own labels:",
           {k: round(v, 1) for k, v in reading.items()}, flush=True)
 
@@ -111,7 +121,7 @@ def main() -> None:
         table.to_csv(tmp)
     text = (f"val mean AUROC (points; {args.seeds} classifier seeds; the teacher reads the real val split's labels "
             f"at {reading['real val split (unseen)']:.1f})\n\n" + to_markdown(table, ".1f") + "\n\n"
-            + to_markdown(gap_decomposition(table), "+.1f") + "\n")
+            + to_markdown(gap_decomposition(table), "+.1f") + "\n\n" + to_markdown(by_finding, ".1f") + "\n")
     atomic_write_text(out.with_suffix(".md"), text)
     print(text)
 
