@@ -338,6 +338,29 @@ def test_guidance():
         sample(net, {"label": lab}, [1, 2, 3], steps=3)
 
 
+def test_label_guidance_is_the_two_scale_formula():
+    """D = D(∅) + w·(D(e) − D(∅)) + w_y·(D(e, y) − D(e)); w_y = w is one-scale guidance."""
+    net = randomise(tiny(label_dim=8, embed_dim=12))
+    x, lab, emb = torch.randn(3, 1, 16, 16), torch.eye(8)[:3], torch.randn(3, 12)
+    with torch.no_grad():
+        d_ey, d_e, d_0 = denoise(net, x, 2.0, lab, emb), denoise(net, x, 2.0, None, emb), denoise(net, x, 2.0)
+        assert not torch.allclose(d_ey, d_e, atol=1e-4)  # the labels change the prediction
+        D = guided_denoiser(net, lab, emb, 1.5, None, label_guidance=4.0)
+        assert torch.allclose(D(x, 2.0), d_0 + 1.5 * (d_e - d_0) + 4.0 * (d_ey - d_e), atol=1e-5) and D.nfe == 3
+        D = guided_denoiser(net, lab, emb, 1.0, None, label_guidance=4.0)  # w = 1: no unconditional evaluation
+        assert torch.allclose(D(x, 2.0), d_e + 4.0 * (d_ey - d_e), atol=1e-5) and D.nfe == 2
+        same = guided_denoiser(net, lab, emb, 1.5, None, label_guidance=1.5)(x, 2.0)
+        assert torch.allclose(same, guided_denoiser(net, lab, emb, 1.5)(x, 2.0), atol=1e-5)
+    kw = dict(steps=3, guidance=1.5, solver="dpm")
+    cond = {"labels": lab, "embedding": emb}
+    assert not torch.equal(sample(net, cond, [1, 2, 3], label_guidance=4.0, **kw), sample(net, cond, [1, 2, 3], **kw))
+    assert network_evaluations(10, "dpm", 1.5, 4.0) == 30 and network_evaluations(10, "dpm", 1.0, 4.0) == 20
+    with pytest.raises(ValueError, match="label_guidance needs both labels and embedding"):
+        sample(net, {"labels": lab}, [1, 2, 3], label_guidance=4.0, **kw)
+    with pytest.raises(ValueError, match="label_guidance must be >= 0"):
+        sample(net, cond, [1, 2, 3], label_guidance=-1.0, **kw)
+
+
 # ---------------------------------------------------------------------------- latents
 def test_latent_codec_round_trip(tmp_path):
     from diffusers import AutoencoderKL
@@ -441,6 +464,19 @@ def test_stage_trains_saves_and_samples_every_mode(tmp_path):
         dstage.diffusion_config({"diffusion": {"sampler": {"precision": "half"}}})
     with pytest.raises(ConfigError, match="condition_labels must be true or false"):
         Pipeline(deep_merge(cfg, {"generate": {"condition_labels": "yes"}}), verbose=False)
+    # generate.label_guidance: the labels' own scale, through the release sampler
+    guided = Pipeline(deep_merge(cfg, {"generate": {"condition_labels": True, "label_guidance": 3.0}}), verbose=False)
+    assert torch.equal(make_sample_fn(guided, "pseudo", emb.numpy())(rows, seeds_, 1.0),
+                       sample(dstage.load_denoiser(pipe, "pseudo"), {"embedding": emb[rows], "labels": torch.as_tensor(labels[rows])},
+                              seeds_, steps=g["steps"], guidance=1.0, solver=g["solver"], precision=g["precision"],
+                              label_guidance=3.0))
+    assert torch.allclose(make_sample_fn(guided, "pseudo", emb.numpy(), label_guidance=1.0)(rows, seeds_, 1.0), both,
+                          atol=1e-4)  # w_y = w = 1: plain conditional sampling, up to float rounding
+    assert torch.equal(make_sample_fn(guided, "pseudo", emb.numpy(), condition_labels=False)(rows, seeds_, 1.0), plain)
+    with pytest.raises(ConfigError, match="label_guidance needs generate.condition_labels"):
+        Pipeline(deep_merge(cfg, {"generate": {"label_guidance": 3.0}}), verbose=False)
+    with pytest.raises(ConfigError, match="label_guidance must be null or a number >= 0"):
+        Pipeline(deep_merge(cfg, {"generate": {"condition_labels": True, "label_guidance": -2}}), verbose=False)
     with pytest.raises(ConfigError, match="diffusion.models"):
         dstage.diffusion_config({"diffusion": {"models": ["joint", "class"]}})
     with pytest.raises(ConfigError, match="diffusion.typo"):

@@ -26,7 +26,7 @@ __all__ = ["conditional_sampler"]
 
 def conditional_sampler(net, conditions, key: str, *, labels=None, guide_net=None, codec=None, solver: str = "dpm",
                         steps: int = 10, batch_size: int = 256, progress: bool = False, precision: str = "fp32",
-                        **schedule) -> Callable:
+                        label_guidance: float | None = None, **schedule) -> Callable:
     """``fn(sources (n,) int, seeds (n,) int, guidance float) → (n, 1, H, W)`` in [-1, 1].
 
     Args:
@@ -42,6 +42,8 @@ def conditional_sampler(net, conditions, key: str, *, labels=None, guide_net=Non
         solver, steps: "dpm" (N evaluations) or "heun" (2N − 1); N >= 2.
         batch_size: samples per forward pass (does not change any image).
         precision: of the network evaluations, "fp32", "bf16" or "auto" (``sample``).
+        label_guidance: with ``labels``, the labels' own guidance scale w_y (``sample``); None = one
+            scale, the ``guidance`` given to ``fn``.
         schedule: sigma_min, sigma_max, rho of the EDM schedule (defaults of ``sample``).
     """
     if key not in ("labels", "embedding"):
@@ -51,6 +53,8 @@ def conditional_sampler(net, conditions, key: str, *, labels=None, guide_net=Non
         if key != "embedding":
             raise ValueError(f"labels are an extra condition of key='embedding', got key={key!r}")
         cond_all["labels"] = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+    if label_guidance is not None and labels is None:
+        raise ValueError("label_guidance needs labels beside the embedding")
     for name, c in cond_all.items():
         if c.ndim != 2 or len(c) != len(cond_all[key]):
             raise ValueError(f"{name} conditions must be 2-D (sources, features) with one row per source "
@@ -60,7 +64,8 @@ def conditional_sampler(net, conditions, key: str, *, labels=None, guide_net=Non
         rows = torch.as_tensor(np.asarray(sources), dtype=torch.long)
         x = sample(net, {k: c[rows] for k, c in cond_all.items()}, seeds, steps=steps,
                    guidance=guidance, guide_net=guide_net if guidance != 1.0 else None, solver=solver,
-                   batch_size=batch_size, clamp=codec is None, progress=progress, precision=precision, **schedule)
+                   batch_size=batch_size, clamp=codec is None, progress=progress, precision=precision,
+                   label_guidance=label_guidance, **schedule)
         return codec.decode(x) if codec is not None else x
 
     return fn

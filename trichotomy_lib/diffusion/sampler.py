@@ -10,6 +10,15 @@ classifier-free guidance) or a weaker network, e.g. an early checkpoint of the s
 given the same conditions (autoguidance). ``w = 1`` is plain conditional sampling and skips
 the guide evaluation.
 
+Two conditions at once (a joint network given an embedding e and labels y) can be guided with a
+scale each, as InstructPix2Pix guides image and text (Brooks et al. 2023, eq. 3):
+
+    D = D_guide + w · (D_θ(x; σ, e) − D_guide) + w_y · (D_θ(x; σ, e, y) − D_θ(x; σ, e))
+
+``w_y`` (``label_guidance``) pushes the sample towards what its labels add to its embedding;
+``w_y = w`` is the single-scale formula above, ``None`` (default) uses it without the extra
+evaluation of D_θ(x; σ, e).
+
 Per-sample seeds: sample ``i`` starts from noise drawn by its own ``torch.Generator`` seeded
 with ``seeds[i]``; both samplers are deterministic afterwards, so the image for a seed does
 not depend on the batch size, on which other seeds share its batch, or on the device count.
@@ -52,10 +61,18 @@ def initial_noise(seeds, shape, device) -> torch.Tensor:
     return torch.stack(rows).to(device)
 
 
-def guided_denoiser(net, labels=None, embedding=None, guidance: float = 1.0, guide_net=None, precision: str = "fp32"):
+def guided_denoiser(net, labels=None, embedding=None, guidance: float = 1.0, guide_net=None, precision: str = "fp32",
+                    label_guidance: float | None = None):
     """``D(x, σ)`` closure implementing guidance; ``D.nfe`` counts network evaluations (per batch).
     ``precision`` ("fp32" or "bf16", resolved) is that of the network evaluations only: ``denoise``
-    returns float32, and the guidance combination is computed in float32."""
+    returns float32, and the guidance combination is computed in float32. ``label_guidance``
+    (w_y, needs both ``labels`` and ``embedding``): the two-scale formula of the module docstring."""
+    if label_guidance is not None:
+        if labels is None or embedding is None:
+            raise ValueError("label_guidance needs both labels and embedding (it guides what the labels add "
+                             "to the embedding)")
+        if label_guidance < 0:
+            raise ValueError(f"label_guidance must be >= 0, got {label_guidance}")
 
     def cond_for(model, value, dim_name):
         return value if value is not None and getattr(model.config, dim_name) else None
@@ -64,6 +81,14 @@ def guided_denoiser(net, labels=None, embedding=None, guidance: float = 1.0, gui
         with autocast(x.device, precision):
             d = denoise(net, x, sigma, labels, embedding)
         D.nfe += 1
+        if label_guidance is not None:
+            with autocast(x.device, precision):
+                d_e = denoise(net, x, sigma, None, embedding)  # the embedding alone (labels dropped)
+            D.nfe += 1
+            d_y = label_guidance * (d - d_e)  # w_y · (D(e, y) − D(e))
+            if guidance == 1.0:
+                return d_e + d_y
+            d = d_e  # the embedding's own guidance below, then the labels' term
         if guidance == 1.0:
             return d
         with autocast(x.device, precision):
@@ -73,7 +98,8 @@ def guided_denoiser(net, labels=None, embedding=None, guidance: float = 1.0, gui
                 g = denoise(guide_net, x, sigma, cond_for(guide_net, labels, "label_dim"),
                             cond_for(guide_net, embedding, "embed_dim"))
         D.nfe += 1
-        return g + guidance * (d - g)  # D_w = D_guide + w·(D_cond − D_guide)
+        out = g + guidance * (d - g)  # D_w = D_guide + w·(D_cond − D_guide)
+        return out if label_guidance is None else out + d_y
 
     D.nfe = 0
     return D
@@ -131,6 +157,7 @@ def sample(
     device=None,
     progress: bool = False,
     precision: str = "fp32",
+    label_guidance: float | None = None,
 ) -> torch.Tensor:
     """Generate one sample per seed. Returns float32 (len(seeds), C, H, W) on the CPU, in [-1, 1]
     when ``clamp`` (pixels; pass ``clamp=False`` for latents).
@@ -149,6 +176,8 @@ def sample(
         batch_size: samples per forward pass (does not change the result).
         precision: "fp32" (default), "bf16" (the network under bf16 autocast; the rest in
             float32) or "auto" (bf16 where the device computes it natively, ``device.native_bf16``).
+        label_guidance: w_y >= 0 for a ``cond`` with both labels and embedding (module docstring),
+            one more evaluation per step; None (default) = w_y = w without it.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -176,7 +205,7 @@ def sample(
         single = noise.shape[0] == 1
         if single:  # oneDNN picks another convolution kernel for a batch of 1: run it as a pair
             noise, labels, embedding = (None if t is None else t.repeat(2, *[1] * (t.ndim - 1)) for t in (noise, labels, embedding))
-        D = guided_denoiser(net, labels, embedding, guidance, guide_net, precision)
+        D = guided_denoiser(net, labels, embedding, guidance, guide_net, precision, label_guidance)
         if solver == "heun":
             x = heun_sample(D, noise, sigmas)
         else:
@@ -186,7 +215,8 @@ def sample(
     return x.clamp(-1, 1) if clamp else x
 
 
-def network_evaluations(steps: int, solver: str, guidance: float = 1.0) -> int:
-    """Evaluations of D per sample: Heun 2N − 1, DPM N; doubled by guidance (w ≠ 1)."""
+def network_evaluations(steps: int, solver: str, guidance: float = 1.0, label_guidance: float | None = None) -> int:
+    """Evaluations of D per sample: Heun 2N − 1, DPM N; doubled by guidance (w ≠ 1); one more per
+    step with ``label_guidance``."""
     nfe = 2 * steps - 1 if solver == "heun" else steps
-    return nfe * (1 if guidance == 1.0 else 2)
+    return nfe * (1 + (guidance != 1.0) + (label_guidance is not None))

@@ -49,12 +49,14 @@ from .reid import load_verifier
 register_section("generate")(generate_config)
 
 _SAMPLING_KEYS = ("seed", "generate.n_sources", "generate.solver", "generate.steps", "generate.guide",
-                  "generate.batch_size", "generate.precision", "generate.condition_noise", "generate.condition_labels")
+                  "generate.batch_size", "generate.precision", "generate.condition_noise", "generate.condition_labels",
+                  "generate.label_guidance")
 
 
 def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: bool = False,
                    solver: str | None = None, steps: int | None = None, guide: str | None = None,
-                   condition_noise: float | None = None, condition_labels: bool | None = None):
+                   condition_noise: float | None = None, condition_labels: bool | None = None,
+                   label_guidance: float | None = None):
     """``fn(sources, seeds, guidance)`` of the trained denoiser serving ``mode`` ("class" with
     labels, "pseudo" with embeddings, indexed by source), with the profile's ``generate``
     sampler settings (``solver``/``steps``/``guide`` override them: guide "uncond" is
@@ -63,13 +65,15 @@ def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: 
     ``generate.condition_noise`` and, with ``generate.condition_labels``, the labels of the training
     image they are indexed by (pseudo-conditions are always indexed by training row).
     ``condition_noise`` / ``condition_labels`` override those two (0.0 and False: the paper's
-    DiADM condition, the clean embedding alone)."""
+    DiADM condition, the clean embedding alone). ``generate.label_guidance`` (``label_guidance``
+    overrides it) applies where the labels are given, i.e. not under ``condition_labels=False``."""
     g = pipe.cfg["generate"]
     noise = g["condition_noise"] if condition_noise is None else condition_noise
     with_labels = g["condition_labels"] if condition_labels is None else condition_labels
     if mode == "pseudo" and noise:
         conditions = noisy_conditions(conditions, noise, int(pipe.cfg["seed"]))
     net, labels = load_denoiser(pipe, mode), None
+    w_y = g["label_guidance"] if label_guidance is None else label_guidance
     if mode == "pseudo" and with_labels:
         if net.config.label_dim == 0:
             raise ConfigError("generate.condition_labels: the network serving 'pseudo' has no label input "
@@ -78,7 +82,8 @@ def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: 
     return conditional_sampler(net, conditions, "labels" if mode == "class" else "embedding", labels=labels,
                                guide_net=load_guide(pipe, mode, guide or g["guide"]), codec=load_codec(pipe),
                                solver=solver or g["solver"], steps=steps or g["steps"], batch_size=g["batch_size"],
-                               progress=progress, precision=sampling_precision(pipe))
+                               progress=progress, precision=sampling_precision(pipe),
+                               label_guidance=w_y if labels is not None else None)
 
 
 def sampling_precision(pipe: Pipeline) -> str:
@@ -220,7 +225,8 @@ def release_autoguide_stage(ctx: StageContext) -> None:
 
 
 _PAPER_CONDITION_KEYS = tuple(k for k in _SAMPLING_KEYS if k not in ("generate.condition_noise",
-                                                                         "generate.condition_labels"))
+                                                                         "generate.condition_labels",
+                                                                         "generate.label_guidance"))
 
 
 @stage("release_diadm_paper", keys=(*_PAPER_CONDITION_KEYS, "generate.filter.guidance", "generate.filter.chunk_size"),

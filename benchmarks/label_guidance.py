@@ -1,0 +1,136 @@
+"""Choosing the labels' own guidance scale w_y on data the final audit never sees.
+
+A DiADM sample carries its source's labels, but the generator does not always draw what they say
+(``benchmarks/utility_gap.py``: most of the utility gap is label noise). Given a joint network
+conditioned on an embedding e and labels y, the labels can be guided on their own
+(InstructPix2Pix's two scales, ``sampler.guided_denoiser``):
+
+    D = D(∅) + w · (D(e) − D(∅)) + w_y · (D(e, y) − D(e))
+
+This script measures, for each w_y, on the raw DiADM sampler (one draw per source, the filter's
+first guidance w = g_0, the profile's condition) of the trained ``default`` models:
+
+* how well the **teacher** (the reference classifier trained on the real training split) reads
+  the samples' own labels from their images (mean AUROC against the labels they carry);
+* the mean AUROC on the real **val** split of the reference recipe trained on the samples
+  (``--seeds`` classifier seeds; the test split stays for notebook 07);
+* every attacker's singling-out risk against **calibration populations** (fresh PhantomCXR
+  patients from their own seed streams, none in the final audit's control or weight
+  populations), so the w_y it picks does not grade itself.
+
+    python benchmarks/label_guidance.py --profile default none 3 6 10    # none: w_y = w (one scale)
+    python benchmarks/label_guidance.py --class-guidance 1.4 3 6 10 --no-attack none
+
+``--class-guidance`` adds the EDM class-conditional baseline at each of those w (its labels are its
+only condition, so w is its label guidance): the baseline gets the same lever.
+
+Run it after ``trichotomy reproduce --profile default`` (it reads the pipeline's cache;
+``--run-root`` points at another one). Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+
+import trichotomy_lib.stages  # noqa: F401  (registers the stages)
+from trichotomy_lib import config, seeds
+from trichotomy_lib.data.imageset import images_to_uint8
+from trichotomy_lib.evaluation.stats import auroc_table
+from trichotomy_lib.evaluation.utility import train_and_predict
+from trichotomy_lib.pipeline import Pipeline
+from trichotomy_lib.privacy.attack import attack_release
+from trichotomy_lib.privacy.audit import EmbeddingCache
+from trichotomy_lib.privacy.controls import control_population
+from trichotomy_lib.privacy.pso import ATTACKER_LABELS
+from trichotomy_lib.privacy.release import make_release
+from trichotomy_lib.privacy.sample_filter import guidance_at
+from trichotomy_lib.results import to_markdown
+from trichotomy_lib.stages.classifier import load_classifier
+from trichotomy_lib.stages.data import load_splits
+from trichotomy_lib.stages.encoder import load_embeddings
+from trichotomy_lib.stages.generate import make_sample_fn
+from trichotomy_lib.stages.privacy import attacker_spaces
+from trichotomy_lib.stages.reid import load_verifier
+from trichotomy_lib.stages.utility import classifier_recipe, row_seed
+
+
+def scale(text: str) -> float | None:
+    """A w_y on the command line: a number >= 0, or "none" (one scale for both conditions)."""
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"w_y must be >= 0 or 'none', got {text}")
+    return value
+
+
+def mean_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean per-class AUROC in points (no interval)."""
+    return 100 * float(auroc_table(labels, probs, n_boot=0).loc["mean", "auroc"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scales", nargs="*", type=scale, help="w_y values (numbers >= 0, or 'none')")
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--seeds", type=int, default=1, help="classifier seeds per w_y, >= 1")
+    ap.add_argument("--guidance", type=float, default=None, help="w (default: the filter's first guidance g_0)")
+    ap.add_argument("--class-guidance", nargs="*", type=float, default=[],
+                    help="also the EDM class-conditional release at each of these guidance weights")
+    ap.add_argument("--no-attack", action="store_true", help="skip the singling-out attackers (utility only)")
+    ap.add_argument("--run-root", default=None, help="cache root (default: the profile's run_root)")
+    args = ap.parse_args()
+    if args.seeds < 1:
+        ap.error("--seeds must be >= 1")
+    # w_y is set here, per run: the profile's own generate.label_guidance is switched off
+    cfg = config.deep_merge(config.resolve(args.profile, {"run_root": args.run_root} if args.run_root else {}),
+                            {"generate": {"label_guidance": None}})
+    if not cfg["generate"]["condition_labels"]:
+        ap.error(f"profile {args.profile!r} does not condition DiADM on labels (generate.condition_labels: false)")
+    pipe = Pipeline(cfg, verbose=False)
+    cfg, seed = pipe.cfg, int(pipe.cfg["seed"])
+    splits = load_splits(pipe)
+    train, val = splits["train"], splits["val"]
+    teacher, recipe = load_classifier(pipe), classifier_recipe(cfg)
+    emb = load_embeddings(pipe, "train")
+    sources = np.arange(len(train))
+    sample_seeds = seeds.sample_seeds(seeds.stream_id(seed, "benchmark", "label_guidance"), sources)
+    guidance = guidance_at(0, cfg["generate"]["filter"]) if args.guidance is None else args.guidance
+    if not args.no_attack:
+        calib = {k: control_population(cfg["data"], train.n_patients, seed, f"calibration-{k}", f"cal{k[0]}",
+                                       progress=True) for k in ("control", "weight")}
+        auditor = load_verifier(pipe, "auditor")
+        embed, spaces = EmbeddingCache(auditor), attacker_spaces(pipe, cfg["privacy"]["attackers"])
+    arms = [("DiADM", "w_y=" + ("w" if w_y is None else f"{w_y:g}"),
+             make_sample_fn(pipe, "pseudo", emb, progress=True, label_guidance=w_y), guidance) for w_y in args.scales]
+    arms += [("EDM class-conditional", f"w={w:g}", make_sample_fn(pipe, "class", train.labels.astype(np.float32),
+                                                                  progress=True), w) for w in args.class_guidance]
+    rows = []
+    for generator, name, fn, w in arms:
+        release = make_release(name, images_to_uint8(fn(sources, sample_seeds, w)), sources, train)
+        row = {"generator": generator, "guidance": name,
+               "teacher reads the labels": mean_auroc(release.labels, teacher.predict_proba(release))}
+        aurocs = []
+        for i in range(args.seeds):
+            _, probs = train_and_predict(release, val, val, recipe, row_seed(seed, i), progress=False)
+            aurocs.append(mean_auroc(val.labels, probs))
+        row["val mean AUROC"] = float(np.mean(aurocs))
+        row["seed sd"] = float(np.std(aurocs, ddof=1)) if len(aurocs) > 1 else np.nan
+        if not args.no_attack:
+            r = attack_release(release, sources, train, calib["control"], auditor,
+                               {"seed": seed, "privacy": cfg["privacy"]}, heldout=calib["weight"], embed=embed,
+                               name=name, spaces=spaces)
+            row.update({"strongest": r["strongest_attacker"], "strongest risk": r["strongest_risk"],
+                        "strongest upper bound": r["strongest_risk_hi"]})
+            row.update({f"{k} risk": r[f"{k}_risk"] for k in ATTACKER_LABELS if f"{k}_risk" in r})
+        rows.append(row)
+        print(row, flush=True)
+    print()
+    print(to_markdown(pd.DataFrame(rows).set_index(["generator", "guidance"]), ".3f"))
+
+
+if __name__ == "__main__":
+    main()
