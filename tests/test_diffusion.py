@@ -349,6 +349,10 @@ def test_label_guidance_is_the_two_scale_formula():
         assert torch.allclose(D(x, 2.0), d_0 + 1.5 * (d_e - d_0) + 4.0 * (d_ey - d_e), atol=1e-5) and D.nfe == 3
         D = guided_denoiser(net, lab, emb, 1.0, None, label_guidance=4.0)  # w = 1: no unconditional evaluation
         assert torch.allclose(D(x, 2.0), d_e + 4.0 * (d_ey - d_e), atol=1e-5) and D.nfe == 2
+        guide = randomise(tiny(label_dim=8, embed_dim=12), seed=7)  # autoguidance: the guide given e alone
+        g_e = denoise(guide, x, 2.0, None, emb)
+        D = guided_denoiser(net, lab, emb, 1.5, guide, label_guidance=4.0)
+        assert torch.allclose(D(x, 2.0), g_e + 1.5 * (d_e - g_e) + 4.0 * (d_ey - d_e), atol=1e-5)
         same = guided_denoiser(net, lab, emb, 1.5, None, label_guidance=1.5)(x, 2.0)
         assert torch.allclose(same, guided_denoiser(net, lab, emb, 1.5)(x, 2.0), atol=1e-5)
     kw = dict(steps=3, guidance=1.5, solver="dpm")

@@ -90,6 +90,7 @@ def _settings(cfg: dict) -> dict:
         "encoder": cfg["encoder"]["backbone"] or "in-project self-supervised (SimCLR)",
         "condition": "source image's embedding" + (" and its finding labels" if g["condition_labels"] else ""),
         "condition noise (σ)": g["condition_noise"],
+        "label guidance (w_y)": g["label_guidance"] if g["condition_labels"] else None,
         "sampler": f"{g['solver']}, {g['steps']} steps", "guide": g["guide"],
         "candidates per attempt (K)": f["k"], "guidance": f["guidance"], "guidance step per retry": f["guidance_step"],
         "guidance floor": f["guidance_floor"], "attempts per source": f["max_attempts"],

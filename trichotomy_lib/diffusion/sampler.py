@@ -15,6 +15,7 @@ scale each, as InstructPix2Pix guides image and text (Brooks et al. 2023, eq. 3)
 
     D = D_guide + w · (D_θ(x; σ, e) − D_guide) + w_y · (D_θ(x; σ, e, y) − D_θ(x; σ, e))
 
+with D_guide the unconditional mode, or under autoguidance the weaker network given e alone.
 ``w_y`` (``label_guidance``) pushes the sample towards what its labels add to its embedding;
 ``w_y = w`` is the single-scale formula above, ``None`` (default) uses it without the extra
 evaluation of D_θ(x; σ, e).
@@ -94,8 +95,10 @@ def guided_denoiser(net, labels=None, embedding=None, guidance: float = 1.0, gui
         with autocast(x.device, precision):
             if guide_net is None:  # classifier-free: the same network with its conditions dropped
                 g = denoise(net, x, sigma)
-            else:  # autoguidance: a weaker model, same conditions (where it has an input for them)
-                g = denoise(guide_net, x, sigma, cond_for(guide_net, labels, "label_dim"),
+            else:  # autoguidance: a weaker model, same conditions (where it has an input for them);
+                # under label guidance the conditions of D(e): the embedding alone
+                g = denoise(guide_net, x, sigma,
+                            None if label_guidance is not None else cond_for(guide_net, labels, "label_dim"),
                             cond_for(guide_net, embedding, "embed_dim"))
         D.nfe += 1
         out = g + guidance * (d - g)  # D_w = D_guide + w·(D_cond − D_guide)

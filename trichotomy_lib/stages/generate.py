@@ -73,17 +73,18 @@ def make_sample_fn(pipe: Pipeline, mode: str, conditions: np.ndarray, progress: 
     if mode == "pseudo" and noise:
         conditions = noisy_conditions(conditions, noise, int(pipe.cfg["seed"]))
     net, labels = load_denoiser(pipe, mode), None
-    w_y = g["label_guidance"] if label_guidance is None else label_guidance
     if mode == "pseudo" and with_labels:
         if net.config.label_dim == 0:
             raise ConfigError("generate.condition_labels: the network serving 'pseudo' has no label input "
                               "(label_dim=0); it needs the joint network (diffusion.models: [joint])")
         labels = load_splits(pipe)["train"].labels.astype(np.float32)
+    # read only where the labels are given: a stage that drops them does not depend on the key
+    w_y = None if labels is None else g["label_guidance"] if label_guidance is None else label_guidance
     return conditional_sampler(net, conditions, "labels" if mode == "class" else "embedding", labels=labels,
                                guide_net=load_guide(pipe, mode, guide or g["guide"]), codec=load_codec(pipe),
                                solver=solver or g["solver"], steps=steps or g["steps"], batch_size=g["batch_size"],
                                progress=progress, precision=sampling_precision(pipe),
-                               label_guidance=w_y if labels is not None else None)
+                               label_guidance=w_y)
 
 
 def sampling_precision(pipe: Pipeline) -> str:

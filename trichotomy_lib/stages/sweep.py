@@ -40,6 +40,7 @@ register_section("sweep")(sweep_config)
 
 @stage("sweep", keys=("seed", "sweep", "generate.solver", "generate.steps", "generate.guide", "generate.batch_size",
                       "generate.precision", "generate.condition_noise", "generate.condition_labels",
+                      "generate.label_guidance",
                       "classifier", "utility.classifier", "utility.alpha_e", "utility.n_boot", "utility.level"),
        deps=("data", "encoder", "diffusion", "reid_auditor", "fidelity_features", "utility_real"), version=4)
 def sweep_stage(ctx: StageContext) -> None:
