@@ -35,9 +35,9 @@ GENERATE_DEFAULTS: dict = {
     "condition_labels": False,  # True: DiADM's condition also holds its source's labels (the joint network's label
                              #   input, beside the embedding) — labels every release carries anyway; False: the paper's
                              #   DiADM, the embedding alone
-    "label_guidance": None,  # w_y >= 0 with condition_labels: the labels' own guidance scale beside the DiADM
-                             #   guidance w (InstructPix2Pix's two scales; sampler.guided_denoiser), one more
-                             #   evaluation per step; None: one scale for both conditions
+    "label_guidance": None,  # w_y >= 0: the labels' own guidance scale beside the DiADM guidance w where DiADM
+                             #   is given labels (condition_labels; ignored without them) — InstructPix2Pix's two
+                             #   scales (sampler.guided_denoiser), one more evaluation per step; None: one scale
     "filter": {},            # sample_filter.FILTER_DEFAULTS overrides (K, rounds, guidance schedule, veto, ...)
 }
 
@@ -70,8 +70,6 @@ def generate_config(cfg: dict) -> dict:
     lg = g["label_guidance"]
     if lg is not None and (isinstance(lg, bool) or not isinstance(lg, (int, float)) or lg < 0):
         raise ConfigError(f"generate.label_guidance must be null or a number >= 0, got {lg!r}")
-    if lg is not None and not g["condition_labels"]:
-        raise ConfigError("generate.label_guidance needs generate.condition_labels: true (it guides DiADM's labels)")
     if g["class_guidance"] is None:
         g["class_guidance"] = g["filter"]["guidance"]
     return g
