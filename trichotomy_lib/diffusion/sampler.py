@@ -11,7 +11,7 @@ given the same conditions (autoguidance). ``w = 1`` is plain conditional samplin
 the guide evaluation.
 
 Two conditions at once (a joint network given an embedding e and labels y) can be guided with a
-scale each, as InstructPix2Pix guides image and text (Brooks et al. 2023, eq. 3):
+scale each, as InstructPix2Pix guides image and text (Brooks et al. 2023):
 
     D = D_guide + w · (D_θ(x; σ, e) − D_guide) + w_y · (D_θ(x; σ, e, y) − D_θ(x; σ, e))
 
