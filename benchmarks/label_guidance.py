@@ -24,6 +24,8 @@ first guidance w = g_0, the profile's condition) of the trained ``default`` mode
 ``--class-guidance`` adds the EDM class-conditional baseline at each of those w (its labels are its
 only condition, so w is its label guidance): the baseline gets the same lever.
 
+Written: ``--out`` (markdown + csv; default ``<figures_dir>/label_guidance``, shown by notebook 07).
+
 Run it after ``trichotomy reproduce --profile default`` (it reads the pipeline's cache;
 ``--run-root`` points at another one). Nothing is asserted.
 """
@@ -31,15 +33,18 @@ Run it after ``trichotomy reproduce --profile default`` (it reads the pipeline's
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 from trichotomy_lib import config, seeds
+from trichotomy_lib.analysis.utility import LABEL_GUIDANCE
 from trichotomy_lib.data.imageset import images_to_uint8
 from trichotomy_lib.evaluation.stats import auroc_table
 from trichotomy_lib.evaluation.utility import train_and_predict
+from trichotomy_lib.io import atomic_path, atomic_write_text
 from trichotomy_lib.pipeline import Pipeline
 from trichotomy_lib.privacy.attack import attack_release
 from trichotomy_lib.privacy.audit import EmbeddingCache
@@ -82,6 +87,8 @@ def main() -> None:
                     help="also the EDM class-conditional release at each of these guidance weights")
     ap.add_argument("--no-attack", action="store_true", help="skip the singling-out attackers (utility only)")
     ap.add_argument("--run-root", default=None, help="cache root (default: the profile's run_root)")
+    ap.add_argument("--out", default=None,
+                    help=f"output stem (.md, .csv); default <figures_dir>/{LABEL_GUIDANCE}, which notebook 07 reads")
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
@@ -104,14 +111,17 @@ def main() -> None:
                                        progress=True) for k in ("control", "weight")}
         auditor = load_verifier(pipe, "auditor")
         embed, spaces = EmbeddingCache(auditor), attacker_spaces(pipe, cfg["privacy"]["attackers"])
-    arms = [("DiADM", "w_y=" + ("w" if w_y is None else f"{w_y:g}"),
+    # (generator, name, the scale on the labels: w_y, or w where one scale serves both, sampler, w)
+    arms = [("DiADM", "w_y=" + ("w" if w_y is None else f"{w_y:g}"), guidance if w_y is None else w_y,
              make_sample_fn(pipe, "pseudo", emb, progress=True, label_guidance=w_y), guidance) for w_y in args.scales]
-    arms += [("EDM class-conditional", f"w={w:g}", make_sample_fn(pipe, "class", train.labels.astype(np.float32),
-                                                                  progress=True), w) for w in args.class_guidance]
+    arms += [("EDM class-conditional", f"w={w:g}", w, make_sample_fn(pipe, "class", train.labels.astype(np.float32),
+                                                                     progress=True), w) for w in args.class_guidance]
+    if not arms:
+        ap.error("nothing to measure: give w_y values and/or --class-guidance")
     rows = []
-    for generator, name, fn, w in arms:
+    for generator, name, scale_on_labels, fn, w in arms:
         release = make_release(name, images_to_uint8(fn(sources, sample_seeds, w)), sources, train)
-        row = {"generator": generator, "guidance": name,
+        row = {"generator": generator, "guidance": name, "scale": scale_on_labels,
                "teacher reads the labels": mean_auroc(release.labels, teacher.predict_proba(release))}
         aurocs = []
         for i in range(args.seeds):
@@ -128,8 +138,16 @@ def main() -> None:
             row.update({f"{k} risk": r[f"{k}_risk"] for k in ATTACKER_LABELS if f"{k}_risk" in r})
         rows.append(row)
         print(row, flush=True)
+    table = pd.DataFrame(rows)
+    out = Path(args.out) if args.out else config.figures_dir(cfg) / LABEL_GUIDANCE
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False)
+    text = (f"raw sampler, one draw per source, DiADM at w = {guidance:g}; val mean AUROC and the teacher's reading "
+            f"in points ({args.seeds} classifier seed(s)); attackers on calibration populations\n\n"
+            + to_markdown(table.set_index(["generator", "guidance"]), ".3f") + "\n")
+    atomic_write_text(out.with_suffix(".md"), text)
     print()
-    print(to_markdown(pd.DataFrame(rows).set_index(["generator", "guidance"]), ".3f"))
+    print(text)
 
 
 if __name__ == "__main__":

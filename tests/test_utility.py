@@ -148,3 +148,21 @@ def test_gap_decomposition_splits_the_gap_into_images_and_label_noise(tmp_path):
     table.drop(columns="teacher").to_csv(tmp_path / "utility_gap.csv")
     with pytest.raises(ValueError, match=r"utility_gap.csv: missing column\(s\) \['teacher'\]"):
         load_utility_gap(cfg)
+
+
+def test_load_label_guidance_round_trips_the_benchmark_csv(tmp_path):
+    from trichotomy_lib.analysis.utility import load_label_guidance
+
+    cfg = {"figures_dir": str(tmp_path), "profile": "x"}
+    assert load_label_guidance(cfg) is None
+    table = pd.DataFrame({"generator": ["DiADM", "DiADM", "EDM class-conditional"], "guidance": ["w_y=w", "w_y=8", "w=4"],
+                          "scale": [1.4, 8.0, 4.0], "teacher reads the labels": [67.6, 90.1, 93.0],
+                          "val mean AUROC": [70.3, 76.2, 73.3]})
+    table.to_csv(tmp_path / "label_guidance.csv", index=False)
+    loaded = load_label_guidance(cfg)
+    assert loaded.index.names == ["generator", "guidance"]
+    assert loaded.loc[("DiADM", "w_y=8"), "val mean AUROC"] == 76.2 and len(loaded) == 3
+    table.drop(columns="scale").to_csv(tmp_path / "label_guidance.csv", index=False)
+    with pytest.raises(ValueError, match=r"label_guidance.csv: missing column\(s\) \['scale'\]"):
+        load_label_guidance(cfg)
+

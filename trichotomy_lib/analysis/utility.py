@@ -21,10 +21,11 @@ from ..stages.utility import load_cross_site, load_test_probs, load_training_inf
 
 __all__ = ["utility_rows", "utility_main", "utility_differences", "utility_headline", "release_size_curve", "utility_fidelity", "utility_cross_site",
            "feature_space_note", "sample_fd", "GENERATOR_BUDGET", "budget_fit", "load_generator_budget",
-           "UTILITY_GAP", "gap_decomposition", "load_utility_gap"]
+           "UTILITY_GAP", "gap_decomposition", "load_utility_gap", "LABEL_GUIDANCE", "load_label_guidance"]
 
 GENERATOR_BUDGET = "generator_budget"  # <figures_dir>/generator_budget.csv, written by benchmarks/generator_budget.py
 UTILITY_GAP = "utility_gap"            # <figures_dir>/utility_gap.csv, written by benchmarks/utility_gap.py
+LABEL_GUIDANCE = "label_guidance"      # <figures_dir>/label_guidance.csv, written by benchmarks/label_guidance.py
 
 
 def utility_rows(pipe: Pipeline, releases=None) -> dict:
@@ -227,3 +228,18 @@ def load_utility_gap(cfg: dict) -> pd.DataFrame | None:
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; rerun benchmarks/utility_gap.py")
     return table.set_index("training set")
+
+
+def load_label_guidance(cfg: dict) -> pd.DataFrame | None:
+    """The profile's measured guidance-scale table (``<figures_dir>/label_guidance.csv``, from
+    ``benchmarks/label_guidance.py --profile <profile>``): one row per (generator, guidance), with
+    the numeric ``scale`` (DiADM's w_y, the class-conditional baseline's w), the val mean AUROC and
+    the teacher's reading of the samples' labels; None when it was not measured."""
+    path = figures_dir(cfg) / f"{LABEL_GUIDANCE}.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    missing = {"generator", "guidance", "scale", "val mean AUROC", "teacher reads the labels"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; rerun benchmarks/label_guidance.py")
+    return table.set_index(["generator", "guidance"])
