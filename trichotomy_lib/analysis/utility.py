@@ -185,14 +185,20 @@ def budget_fit(table: pd.DataFrame) -> pd.DataFrame:
 def load_generator_budget(cfg: dict) -> pd.DataFrame | None:
     """The profile's measured generator-budget table (``<figures_dir>/generator_budget.csv``, from
     ``benchmarks/generator_budget.py --profile <profile>``), or None when it was not measured."""
-    path = figures_dir(cfg) / f"{GENERATOR_BUDGET}.csv"
+    return _benchmark_table(cfg, GENERATOR_BUDGET, {"lever", "value", "steps", "release", "mean_auroc", "real_auroc",
+                                                    "delta", "delta_lo", "delta_hi", "diffusion_seconds"})
+
+
+def _benchmark_table(cfg: dict, stem: str, required: set) -> pd.DataFrame | None:
+    """``<figures_dir>/<stem>.csv`` as written by ``benchmarks/<stem>.py``, or None when it was not
+    measured; a file without one of the ``required`` columns is named with the script to rerun."""
+    path = figures_dir(cfg) / f"{stem}.csv"
     if not path.exists():
         return None
     table = pd.read_csv(path)
-    missing = {"lever", "value", "steps", "release", "mean_auroc", "real_auroc", "delta", "delta_lo", "delta_hi",
-               "diffusion_seconds"} - set(table.columns)
+    missing = required - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; rerun benchmarks/generator_budget.py")
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; rerun benchmarks/{stem}.py")
     return table
 
 
@@ -220,14 +226,9 @@ def load_utility_gap(cfg: dict) -> pd.DataFrame | None:
     """The profile's measured labels-vs-images table (``<figures_dir>/utility_gap.csv``, from
     ``benchmarks/utility_gap.py --profile <profile>``) indexed by training set, or None when it
     was not measured."""
-    path = figures_dir(cfg) / f"{UTILITY_GAP}.csv"
-    if not path.exists():
-        return None
-    table = pd.read_csv(path)
-    missing = {"training set", "labels", "teacher", "seeds", "teacher reads the labels (AUROC)"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; rerun benchmarks/utility_gap.py")
-    return table.set_index("training set")
+    table = _benchmark_table(cfg, UTILITY_GAP, {"training set", "labels", "teacher", "seeds",
+                                                "teacher reads the labels (AUROC)"})
+    return None if table is None else table.set_index("training set")
 
 
 def load_label_guidance(cfg: dict) -> pd.DataFrame | None:
@@ -235,11 +236,6 @@ def load_label_guidance(cfg: dict) -> pd.DataFrame | None:
     ``benchmarks/label_guidance.py --profile <profile>``): one row per (generator, guidance), with
     the numeric ``scale`` (DiADM's w_y, the class-conditional baseline's w), the val mean AUROC and
     the teacher's reading of the samples' labels; None when it was not measured."""
-    path = figures_dir(cfg) / f"{LABEL_GUIDANCE}.csv"
-    if not path.exists():
-        return None
-    table = pd.read_csv(path)
-    missing = {"generator", "guidance", "scale", "val mean AUROC", "teacher reads the labels"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; rerun benchmarks/label_guidance.py")
-    return table.set_index(["generator", "guidance"])
+    table = _benchmark_table(cfg, LABEL_GUIDANCE, {"generator", "guidance", "scale", "val mean AUROC",
+                                                   "teacher reads the labels"})
+    return None if table is None else table.set_index(["generator", "guidance"])
