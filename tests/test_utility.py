@@ -166,3 +166,31 @@ def test_load_label_guidance_round_trips_the_benchmark_csv(tmp_path):
     with pytest.raises(ValueError, match=r"label_guidance.csv: missing column\(s\) \['scale'\]"):
         load_label_guidance(cfg)
 
+
+
+def test_equal_steps_scales_a_release_rows_epochs_to_the_real_splits_steps(tmp_path):
+    from trichotomy_lib import config, pipeline
+    from trichotomy_lib.evaluation.utility import equal_step_epochs
+    from trichotomy_lib.stages.utility import row_recipe
+
+    # 20 epochs of the 1,063 real images: a 4x release trains 5, a 2x one 10, an equal one 20
+    assert [equal_step_epochs(20, 1063, n) for n in (4153, 2105, 1061, 300)] == [5, 10, 20, 71]
+    assert equal_step_epochs(3, 10, 1000) == 1                      # never below one epoch
+    with pytest.raises(ValueError, match="n_train"):
+        equal_step_epochs(20, 1063, 0)
+    with pytest.raises(ConfigError, match="utility.equal_steps"):
+        utility_config({"utility": {"equal_steps": "yes"}})
+    assert UTILITY_DEFAULTS["equal_steps"] is False                 # the paper's: every row the same epochs
+
+    cfg = {"classifier": {"epochs": 20}, "utility": utility_config({"utility": {"equal_steps": True}})}
+    assert row_recipe(cfg, 4153, 1063)["epochs"] == 5
+    assert row_recipe(cfg, 4153, 1063)["lr"] == row_recipe(cfg, 1063, 1063)["lr"]   # only the epochs change
+    cfg["utility"]["equal_steps"] = False
+    assert row_recipe(cfg, 4153, 1063)["epochs"] == 20
+
+    # the setting is part of every release row's cache key, not of the real row's
+    base = config.resolve("smoke")
+    one, other = (pipeline.Pipeline({**base, "utility": {**base["utility"], "equal_steps": flag}}, run_dir=tmp_path)
+                  for flag in (False, True))
+    assert one.key("utility_diadm_filter_4") != other.key("utility_diadm_filter_4")
+    assert one.key("utility_real") == other.key("utility_real")

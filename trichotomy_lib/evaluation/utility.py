@@ -34,6 +34,11 @@ UTILITY_DEFAULTS: dict = {
     # at equal budget. {} (default/paper): exactly the reference classifier's recipe.
     "classifier": {},
     "seeds": 3,              # classifier seeds per row (>= 1); seed 0 is the profile's seed, the rest derived
+    # Rows compared at equal optimiser steps: a release of n images trains for
+    # round(epochs · n_real / n) epochs (``equal_step_epochs``), so a release four times the real
+    # split's size takes the real row's steps in a quarter of the epochs, and rows differ in their
+    # data, not in their compute. False (the paper's): every row trains ``classifier.epochs``.
+    "equal_steps": False,
     "n_boot": 1000,          # bootstrap resamples (of test patients) for every interval (>= 1)
     "level": 0.95,           # confidence level of every interval, in (0, 1)
     # Cross-dataset table: name → overrides of the `data` section that build that dataset with
@@ -66,6 +71,8 @@ def utility_config(cfg: dict) -> dict:
         raise config_mod.ConfigError(f"utility.n_boot={u['n_boot']!r}: must be an integer >= 1")
     if not isinstance(u["seeds"], int) or isinstance(u["seeds"], bool) or u["seeds"] < 1:
         raise config_mod.ConfigError(f"utility.seeds={u['seeds']!r}: must be an integer >= 1")
+    if not isinstance(u["equal_steps"], bool):
+        raise config_mod.ConfigError(f"utility.equal_steps={u['equal_steps']!r}: must be true or false")
     if not 0 < u["level"] < 1:
         raise config_mod.ConfigError(f"utility.level={u['level']!r}: must be in (0, 1)")
     if not isinstance(u["cross_site"], dict) or not all(isinstance(v, dict) for v in u["cross_site"].values()):
@@ -84,6 +91,21 @@ def training_config(classifier_section: dict | None, overrides: dict | None) -> 
     """The classifier recipe of this step: the ``classifier`` section with ``utility.classifier``
     on top (``augment`` merged key by key), checked by ``classifier_config``."""
     return classifier_config(config_mod.deep_merge(classifier_section or {}, overrides or {}))
+
+
+def equal_step_epochs(epochs: int, n_reference: int, n_train: int) -> int:
+    """Epochs that give a training set of ``n_train`` images the optimiser steps that ``epochs``
+    epochs of ``n_reference`` images take: ``max(1, round(epochs · n_reference / n_train))``.
+
+    Args:
+        epochs: the recipe's epochs on the reference set (>= 1).
+        n_reference: images in the reference (real) training split (>= 1).
+        n_train: images in the training set at hand (>= 1).
+    """
+    if min(int(epochs), int(n_reference), int(n_train)) < 1:
+        raise ValueError(f"equal_step_epochs needs epochs, n_reference and n_train >= 1, "
+                         f"got {epochs}, {n_reference}, {n_train}")
+    return max(1, round(int(epochs) * int(n_reference) / int(n_train)))
 
 
 # ----------------------------------------------------------------------------- one row

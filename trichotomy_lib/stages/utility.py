@@ -5,7 +5,8 @@
   retrained with those overrides so every row has the same budget).
 * ``utility_<release>`` — one per generated release (``releases.RELEASES``): the classifiers
   trained on that release (source labels), epoch chosen on the real val split, predictions on
-  the real test split. Changing one release recomputes only its row.
+  the real test split. Changing one release recomputes only its row. Under
+  ``utility.equal_steps`` a release's epochs are scaled to the real split's optimiser steps.
 
 Every row trains ``utility.seeds`` classifiers: seed 0 is the profile's seed, seed ``s > 0``
 is ``seeds.derive(seed, "utility", "classifier", s)`` — the same seeds in every row, so the
@@ -33,7 +34,7 @@ from ..config import register_section
 from ..data.build import build_dataset, validate_data_cfg
 from ..data.imageset import ImageSet
 from ..evaluation.classifier import Classifier, evaluate_classifier
-from ..evaluation.utility import train_and_predict, training_config, utility_config
+from ..evaluation.utility import equal_step_epochs, train_and_predict, training_config, utility_config
 from ..io import atomic_path, atomic_write_json
 from ..jobs import run_jobs
 from ..pipeline import Pipeline, StageContext, stage
@@ -45,6 +46,7 @@ register_section("utility")(utility_config)
 
 CLASSIFIER_KEYS = ("seed", "classifier", "utility.classifier")
 ROW_KEYS = (*CLASSIFIER_KEYS, "utility.seeds")
+RELEASE_ROW_KEYS = (*ROW_KEYS, "utility.equal_steps")
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -79,14 +81,26 @@ def fit_seed(train_set: ImageSet, val_set: ImageSet, test_set: ImageSet, recipe:
     shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: Path | None = None) -> None:
+def row_recipe(cfg, n_train: int, n_real: int) -> dict:
+    """The classifier recipe of a row of ``n_train`` images: ``classifier_recipe``, with its epochs
+    scaled to the real split's optimiser steps (``equal_step_epochs``) under ``utility.equal_steps``."""
+    recipe = classifier_recipe(cfg)
+    if cfg["utility"]["equal_steps"]:
+        recipe = {**recipe, "epochs": equal_step_epochs(recipe["epochs"], n_real, n_train)}
+    return recipe
+
+
+def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: Path | None = None,
+                recipe: dict | None = None) -> None:
     """Fit ``utility.seeds`` classifiers on ``train_set`` (each selected on real val); save the
     seed-0 classifier, the (S, N, 8) test predictions and ``info.json``. The seeds are
     independent jobs (``jobs.run_jobs``: side by side on CPU cores); each finished seed is kept,
     so an interrupted row resumes with the seeds it lacks.
 
     first: seed 0 already trained elsewhere: the folder with its classifier and test_probs.npy.
+    recipe: the classifier recipe (default ``classifier_recipe``).
     """
+    recipe = classifier_recipe(ctx.config) if recipe is None else recipe
     splits = load_splits(ctx.pipeline, mmap=True)
     seed, n_seeds = int(ctx.config["seed"]), int(ctx.config["utility.seeds"])
     folders = [ctx.out / "seeds" / str(index) for index in range(n_seeds)]
@@ -98,7 +112,7 @@ def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: Path |
         atomic_write_json(folders[0] / "info.json", {"seed": row_seed(seed, 0), "best_epoch": clf.best_epoch,
                                                      "epochs_run": len(clf.history), "train_seconds": None})
     todo = [index for index, done in enumerate(folders) if not (done / "info.json").exists()]
-    run_jobs(fit_seed, [(train_set, splits["val"], splits["test"], classifier_recipe(ctx.config), row_seed(seed, index),
+    run_jobs(fit_seed, [(train_set, splits["val"], splits["test"], recipe, row_seed(seed, index),
                          folders[index]) for index in todo], desc=f"{desc}: classifier seeds")
     probs = [np.load(done / "test_probs.npy", allow_pickle=False) for done in folders]
     runs = [json.loads((done / "info.json").read_text()) for done in folders]
@@ -106,7 +120,7 @@ def _train_into(ctx: StageContext, train_set: ImageSet, desc: str, first: Path |
         shutil.copyfile(folders[0] / name, ctx.out / name)
     save_npy(ctx.out / "test_probs.npy", np.stack(probs))
     atomic_write_json(ctx.out / "info.json", {
-        "training_set": desc, "n_train": len(train_set), "seed": seed,
+        "training_set": desc, "n_train": len(train_set), "seed": seed, "epochs": recipe.get("epochs"),
         "label_counts": np.asarray(train_set.labels).sum(0).astype(int).tolist(),
         "seeds": [r["seed"] for r in runs], "best_epoch": [r["best_epoch"] for r in runs],
         "epochs_run": [r["epochs_run"] for r in runs], "train_seconds": [r["train_seconds"] for r in runs]})
@@ -126,12 +140,13 @@ def utility_real_stage(ctx: StageContext) -> None:
 def _release_stage(name: str):
     def utility_release_stage(ctx: StageContext) -> None:
         release, _ = load_release(ctx.pipeline, name)
-        _train_into(ctx, release, name)
+        n_real = len(load_splits(ctx.pipeline, mmap=True)["train"])
+        _train_into(ctx, release, name, recipe=row_recipe(ctx.config, len(release), n_real))
 
     utility_release_stage.__doc__ = f"Train the classifier on release {name!r} (source labels), test on real."
     utility_release_stage.__qualname__ = f"utility_release_stage[{name}]"
-    return stage(f"utility_{name}", keys=ROW_KEYS, deps=("data", RELEASES[name].stage),
-                 version=4)(utility_release_stage)
+    return stage(f"utility_{name}", keys=RELEASE_ROW_KEYS, deps=("data", RELEASES[name].stage),
+                 version=5)(utility_release_stage)
 
 
 for _name in RELEASES:
