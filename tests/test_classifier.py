@@ -300,6 +300,8 @@ def test_training_errors(data):
         fit_classifier(train, val, {"lr_schedule": "step"}, seed=0)
     with pytest.raises(ConfigError, match="augment"):
         fit_classifier(train, val, {"augment": {"flip": True}}, seed=0)
+    with pytest.raises(ConfigError, match="classifier.augment.noise"):
+        fit_classifier(train, val, {"augment": {"noise": -0.1}}, seed=0)
     with pytest.raises(ValueError, match="depth"):
         fit_classifier(train, val, TINY | {"depth": 5}, seed=0)
     with pytest.raises(TypeError, match="ImageSet"):
@@ -330,3 +332,17 @@ def test_stage_trains_on_real_splits_and_caches(data, tmp_path):
     assert pipe.params("classifier") == {"seed": 3, "classifier": classifier_config(TINY)}  # resolved: defaults filled in
     other = Pipeline(cfg | {"reid": {"lr": 0.5}}, run_dir=tmp_path, verbose=False)
     assert other.path("classifier") == out  # unrelated sections do not invalidate it
+
+
+def test_augment_noise_adds_pixel_noise_and_leaves_the_other_draws_alone():
+    from trichotomy_lib.evaluation.classifier import CLASSIFIER_DEFAULTS
+    from trichotomy_lib.evaluation.classifier.training import augment
+
+    x = torch.rand(6, 1, 16, 16) * 2 - 1
+    off = dict(CLASSIFIER_DEFAULTS["augment"])
+    base = augment(x, torch.Generator().manual_seed(3), off)
+    assert torch.equal(base, augment(x, torch.Generator().manual_seed(3), {k: v for k, v in off.items() if k != "noise"}))
+    noisy = augment(x, torch.Generator().manual_seed(3), off | {"noise": 0.2})
+    residual = noisy - base                      # the same affine and intensity draws, plus N(0, 0.2²) per pixel
+    assert residual.std().item() == pytest.approx(0.2, rel=0.15)
+    assert abs(residual.mean().item()) < 0.05

@@ -28,6 +28,8 @@ CLASSIFIER_DEFAULTS: dict = {
         "brightness": 0.05, #   max additive intensity shift, in [-1, 1] image units (0: off)
         "contrast": 0.1,    #   max multiplicative contrast change, fraction (0: off)
         "hflip": False,     #   random horizontal flips
+        "noise": 0.0,       #   Gaussian pixel noise σ, in [-1, 1] image units (0: off; drawn after the rest, so
+                            #   0 leaves every other draw as it was)
     },
     "eval_batch_size": 64,  # batch size of predictions and of the per-epoch val loss (>= 1); on CPU at 32 px
                             #   64 runs 1.8x faster than 256 (benchmarks/classifier.py); same outputs
@@ -46,6 +48,9 @@ def classifier_config(cfg: dict | None) -> dict:
     unknown = sorted(set(merged["augment"]) - set(known_augment))
     if unknown:
         raise config_mod.ConfigError(f"unknown key(s) in 'classifier.augment': {unknown}; known: {sorted(known_augment)}")
+    for key, value in merged["augment"].items():
+        if key != "hflip" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+            raise config_mod.ConfigError(f"classifier.augment.{key}={value!r}: must be a number >= 0")
     if merged["arch"] not in ARCHS:
         raise config_mod.ConfigError(f"classifier.arch={merged['arch']!r}: choose one of {list(ARCHS)}")
     for key in ("epochs", "batch_size", "eval_batch_size"):

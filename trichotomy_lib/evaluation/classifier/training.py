@@ -66,7 +66,7 @@ def _check_training_set(imageset, name: str) -> None:
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, aug: dict) -> torch.Tensor:
-    """Random affine (shift, zoom, rotation) + contrast/brightness jitter + optional flip.
+    """Random affine (shift, zoom, rotation) + contrast/brightness jitter + optional flip + pixel noise.
 
     x: (b, 1, H, W) in [-1, 1]. Every random number comes from the CPU generator ``gen``, so
     the augmentation is the same on every device. Borders are extended (``padding_mode="border"``).
@@ -84,7 +84,10 @@ def augment(x: torch.Tensor, gen: torch.Generator, aug: dict) -> torch.Tensor:
     theta = theta.to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return x * contrast.to(x).view(b, 1, 1, 1) + brightness.to(x).view(b, 1, 1, 1)
+    x = x * contrast.to(x).view(b, 1, 1, 1) + brightness.to(x).view(b, 1, 1, 1)
+    if aug.get("noise", 0.0):
+        x = x + aug["noise"] * torch.randn(x.shape, generator=gen).to(x)
+    return x
 
 
 def learning_rate(cfg: dict, step: int, total_steps: int) -> float:
