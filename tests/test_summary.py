@@ -65,11 +65,13 @@ def test_artifact_index_and_target(tmp_path):
     results.save_table(cfg, pd.DataFrame({"a": [1]}), "utility_main")
     results.save_table(cfg, pd.DataFrame({"a": [1]}), "orphan")
     results.save_table(cfg, pd.DataFrame({"a": [1]}), "generator_budget")
+    results.save_table(cfg, pd.DataFrame({"a": [1]}), "label_guidance")
     index = summary.artifact_index(cfg, nbdir)
     assert index.loc["utility_main", "notebook"] == "07_utility" and index.loc["utility_main", "files"] == "csv, md"
     assert index.loc["orphan", "notebook"] == "?" and index.loc["orphan", "stages"] == "–"
     assert index.loc["generator_budget", "notebook"] == "benchmarks/generator_budget.py"
     assert index.loc["generator_budget", "stages"] == "–"
+    assert index.loc["label_guidance", "notebook"] == "benchmarks/label_guidance.py"
     stages = summary.stage_index(cfg, nbdir)
     assert stages.loc["utility_real", "notebook"] == "07_utility"
     assert stages.loc["sweep", "notebook"] == "08_?"       # 08 not in this notebooks dir
