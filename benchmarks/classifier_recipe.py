@@ -69,8 +69,8 @@ def main() -> None:
     splits = load_splits(pipe)
     val, seed = splits["val"], int(cfg["seed"])
     sets = {label(REAL): splits["train"], **{label(n): load_release(pipe, n)[0] for n in args.releases}}
-    recipes = [("(profile)", classifier_recipe(cfg))]
-    recipes += [(" ".join(text), classifier_recipe(config.with_settings(cfg, *changes)))
+    recipes = [("(profile)", classifier_recipe(pipe.cfg))]
+    recipes += [(" ".join(text), classifier_recipe(Pipeline(config.with_settings(cfg, *changes), verbose=False).cfg))
                 for text, changes in zip(args.variants, variants)]   # every recipe checked before training
 
     jobs = [(r, s, i) for r in range(len(recipes)) for s in sets for i in range(args.seeds)]
