@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 from trichotomy_lib import config
 from trichotomy_lib.evaluation.classifier import fit_classifier
-from trichotomy_lib.evaluation.stats import auroc_table
+from trichotomy_lib.evaluation.stats import mean_auroc
 from trichotomy_lib.io import atomic_path, atomic_write_text
 from trichotomy_lib.pipeline import Pipeline
 from trichotomy_lib.releases import REAL, RELEASES, label
@@ -77,7 +77,7 @@ def main() -> None:
     scores = []
     for r, name, i in tqdm(jobs, desc="classifier recipes", unit="classifier"):
         clf = fit_classifier(sets[name], val, recipes[r][1], seed=row_seed(seed, i), progress=False)
-        auroc = 100 * float(auroc_table(val.labels, clf.predict_proba(val), n_boot=0).loc["mean", "auroc"])
+        auroc = 100 * mean_auroc(val.labels, clf.predict_proba(val))
         scores.append({"recipe": recipes[r][0], "training set": name, "seed": i, "val mean AUROC": auroc,
                        "kept epoch": clf.best_epoch})
         tqdm.write(str(scores[-1]))

@@ -42,7 +42,7 @@ import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 from trichotomy_lib import config, seeds
 from trichotomy_lib.analysis.utility import LABEL_GUIDANCE
 from trichotomy_lib.data.imageset import images_to_uint8
-from trichotomy_lib.evaluation.stats import auroc_table
+from trichotomy_lib.evaluation.stats import mean_auroc
 from trichotomy_lib.evaluation.utility import train_and_predict
 from trichotomy_lib.io import atomic_path, atomic_write_text
 from trichotomy_lib.pipeline import Pipeline
@@ -70,11 +70,6 @@ def scale(text: str) -> float | None:
     if value < 0:
         raise argparse.ArgumentTypeError(f"w_y must be >= 0 or 'none', got {text}")
     return value
-
-
-def mean_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean per-class AUROC in points (no interval)."""
-    return 100 * float(auroc_table(labels, probs, n_boot=0).loc["mean", "auroc"])
 
 
 def main() -> None:
@@ -122,11 +117,11 @@ def main() -> None:
     for generator, name, scale_on_labels, fn, w in arms:
         release = make_release(name, images_to_uint8(fn(sources, sample_seeds, w)), sources, train)
         row = {"generator": generator, "guidance": name, "scale": scale_on_labels,
-               "teacher reads the labels": mean_auroc(release.labels, teacher.predict_proba(release))}
+               "teacher reads the labels": 100 * mean_auroc(release.labels, teacher.predict_proba(release))}
         aurocs = []
         for i in range(args.seeds):
             _, probs = train_and_predict(release, val, val, recipe, row_seed(seed, i), progress=False)
-            aurocs.append(mean_auroc(val.labels, probs))
+            aurocs.append(100 * mean_auroc(val.labels, probs))
         row["val mean AUROC"] = float(np.mean(aurocs))
         row["seed sd"] = float(np.std(aurocs, ddof=1)) if len(aurocs) > 1 else np.nan
         if not args.no_attack:

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from sklearn.metrics import roc_auc_score
 
 from trichotomy_lib import seeds
 from trichotomy_lib.config import profile_path
@@ -47,12 +46,9 @@ from trichotomy_lib.diffusion.sampler import sample
 from trichotomy_lib.diffusion.train import train_denoiser
 from trichotomy_lib.evaluation.classifier import classifier_config, fit_classifier
 from trichotomy_lib.evaluation.classifier import nets as classifier_nets
+from trichotomy_lib.evaluation.stats import mean_auroc
 from trichotomy_lib.privacy import reid_model, reid_train
 from trichotomy_lib.results import to_markdown
-
-def mean_auroc(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean over the findings that have both outcomes in the test population."""
-    return float(np.mean([roc_auc_score(y[:, j], p[:, j]) for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]))
 
 
 ARMS = (("fp32 NCHW", "fp32", False), ("fp32 NHWC", "fp32", True), ("bf16 NHWC", "bf16", True))

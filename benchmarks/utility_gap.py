@@ -48,7 +48,7 @@ from trichotomy_lib import config
 from trichotomy_lib.analysis.utility import UTILITY_GAP, gap_decomposition
 from trichotomy_lib.data.imageset import LABELS
 from trichotomy_lib.evaluation.classifier import fit_classifier
-from trichotomy_lib.evaluation.stats import auroc_table
+from trichotomy_lib.evaluation.stats import auroc_table, mean_auroc
 from trichotomy_lib.io import atomic_path, atomic_write_text
 from trichotomy_lib.pipeline import Pipeline
 from trichotomy_lib.releases import REAL, RELEASES, label
@@ -57,11 +57,6 @@ from trichotomy_lib.stages.classifier import load_classifier
 from trichotomy_lib.stages.data import load_splits
 from trichotomy_lib.stages.generate import load_release
 from trichotomy_lib.stages.utility import classifier_recipe, row_seed
-
-
-def mean_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean per-class AUROC in points (no interval)."""
-    return 100 * float(auroc_table(labels, probs, n_boot=0).loc["mean", "auroc"])
 
 
 def per_class_reading(labels: np.ndarray, probs: np.ndarray) -> pd.Series:
@@ -90,7 +85,7 @@ def main() -> None:
 
     read_sets = {**sets, "real val split (unseen)": val}
     outputs = {name: teacher.predict_proba(s) for name, s in read_sets.items()}
-    reading = {name: mean_auroc(s.labels, outputs[name]) for name, s in read_sets.items()}
+    reading = {name: 100 * mean_auroc(s.labels, outputs[name]) for name, s in read_sets.items()}
     by_finding = pd.DataFrame({name: per_class_reading(s.labels, outputs[name]) for name, s in read_sets.items()}).T
     by_finding.index.name = "the teacher reads each finding's labels (AUROC) of"
     print("the teacher's mean AUROC against each set's own labels:",
@@ -103,7 +98,7 @@ def main() -> None:
         soft = teacher.predict_proba(s).astype(np.float32) if targets == "teacher" else None
         clf = fit_classifier(s, val, recipe, seed=row_seed(seed, i), progress=False, targets=soft)
         scores.append({"training set": name, "targets": targets, "seed": i,
-                       "val mean AUROC": mean_auroc(val.labels, clf.predict_proba(val))})
+                       "val mean AUROC": 100 * mean_auroc(val.labels, clf.predict_proba(val))})
         tqdm.write(str(scores[-1]))
     long = pd.DataFrame(scores)
     table = long.pivot_table(index="training set", columns="targets", values="val mean AUROC", aggfunc="mean",

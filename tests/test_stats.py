@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from trichotomy_lib.evaluation import irs, stats
 from trichotomy_lib.evaluation.stats import (
-    adjusted_irs, auroc_difference_ci, auroc_table, bootstrap_ci,
+    adjusted_irs, auroc_difference_ci, auroc_table, bootstrap_ci, mean_auroc,
     cohen_nissim_isolation_probability, frechet_distance, frechet_distance_from_stats,
     image_retrieval_score, nearest_neighbours, paired_singling_out_risk, singling_out_risk, wilson_interval)
 
@@ -73,6 +73,15 @@ def test_auroc_table_estimates_and_cis():
     # mean's CI narrower than the widest class CI, and reproducible with the same seed
     assert (df.loc["mean", "hi"] - df.loc["mean", "lo"]) < (df["hi"] - df["lo"]).iloc[:4].max()
     assert df.equals(auroc_table(y, s, class_names=list("abcd"), n_boot=500, seed=3))
+
+
+def test_mean_auroc_is_the_mean_over_classes_with_both_labels():
+    y, s = _multilabel()
+    per_class = [roc_auc_score(y[:, j], s[:, j]) for j in range(4)]
+    assert mean_auroc(y, s) == pytest.approx(np.mean(per_class))
+    y_missing = y.copy()
+    y_missing[:, 1] = 0                              # a class without positives is left out, not a NaN
+    assert mean_auroc(y_missing, s) == pytest.approx(np.mean([per_class[0], *per_class[2:]]))
 
 
 def test_auroc_ci_agrees_with_scipy_bootstrap():

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from .irs import adjusted_irs, image_retrieval_score, nearest_neighbours  # noqa: F401
 
 __all__ = [
-    "wilson_interval", "auroc_table", "auroc_difference_ci", "bootstrap_ci",
+    "wilson_interval", "auroc_table", "mean_auroc", "auroc_difference_ci", "bootstrap_ci",
     "frechet_distance", "frechet_distance_from_stats", "singling_out_risk", "paired_singling_out_risk",
     "cohen_nissim_isolation_probability",
     "nearest_neighbours", "image_retrieval_score", "adjusted_irs",
@@ -198,6 +198,12 @@ def auroc_table(y_true, y_score, class_names=None, n_boot: int = 1000, seed: int
                          n_boot_valid=0, note="no class has both label values"))
     return pd.DataFrame(rows, index=pd.Index(names + ["mean"], name="class"))
 
+
+
+def mean_auroc(y_true, y_score) -> float:
+    """The paper's metric alone, in [0, 1]: the mean per-class AUROC over the classes that have
+    both label values (``auroc_table``'s "mean" row, without an interval)."""
+    return float(auroc_table(y_true, y_score, n_boot=0).loc["mean", "auroc"])
 
 def auroc_difference_ci(y_true, score_a, score_b, n_boot: int = 1000, seed: int = 0,
                         level: float = 0.95, groups=None) -> dict:
