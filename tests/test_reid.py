@@ -458,6 +458,48 @@ def test_lr_schedule_and_epoch_selection(monkeypatch):
             reid_config({"reid": {"auditor": {key: bad}}})
 
 
+def test_in_batch_negatives_pair_each_a_with_the_next_b_of_another_patient(monkeypatch):
+    from trichotomy_lib.config import ConfigError
+    from trichotomy_lib.privacy import reid_train
+    from trichotomy_lib.privacy.reid_train import in_batch_pairs
+    from trichotomy_lib.stages.reid import reid_config
+
+    # a's then b's of 4 positive pairs; pairs 1 and 2 are both patient "q", so (a_1, b_2) is no negative
+    i, j = in_batch_pairs(4, ["p", "q", "q", "r", "p", "q", "q", "r"])
+    assert list(zip(i, j)) == [(0, 1), (2, 3), (3, 0)]
+    assert len(in_batch_pairs(1, ["p", "p"])[0]) == 0
+    with pytest.raises(ValueError, match="patient ids"):
+        in_batch_pairs(3, ["p"] * 5)
+
+    train, val = identity_set(20, 3, seed=0), identity_set(8, 3, seed=1, first=100)
+    params = {**TINY, "epochs": 3, "batch_size": 8, "retrieval_loss": 1.0, "negatives": "in_batch"}
+    pairs = sample_pairs(train.patient_ids, seed=5)
+    seen = []                                  # every training batch's BCE labels
+    real_bce = reid_train.F.binary_cross_entropy_with_logits
+    monkeypatch.setattr(reid_train.F, "binary_cross_entropy_with_logits",
+                        lambda logits, y: seen.append(y.clone()) or real_bce(logits, y))
+    train_verifier(train, val, params, seed=2, pairs=pairs, progress=False)
+    monkeypatch.undo()
+    steps = -(-pairs.n_pos // 8)
+    assert len(seen) == 3 * steps              # an epoch is the positives alone, in batches of 8 pairs
+    positives = torch.cat([y[y == 1] for y in seen])
+    assert len(positives) == 3 * pairs.n_pos
+    negatives = sum(int((y == 0).sum()) for y in seen)
+    assert 3 * pairs.n_pos - 3 * steps * 2 <= negatives <= 3 * pairs.n_pos   # about one per positive
+
+    model, _ = train_verifier(train, val, {**params, "epochs": 5}, seed=2, progress=False)
+    again, _ = train_verifier(train, val, {**params, "epochs": 5}, seed=2, progress=False)
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+    test = identity_set(30, 3, seed=2, first=200)
+    ev = evaluate_verifier(model, test, sample_pairs(test.patient_ids, seed=3), n_boot=0)
+    assert ev.metrics["auroc"][0] > 0.85, ev.metrics                     # it learns identity
+    with pytest.raises(ValueError, match="reid.negatives"):
+        train_verifier(train, val, {**params, "negatives": "hard"}, seed=2, progress=False)
+    with pytest.raises(ConfigError, match="reid.negatives"):
+        reid_config({"reid": {"negatives": "hard"}})
+
+
 def test_retrieval_against_target_reports_the_shortfall():
     from trichotomy_lib.analysis.reid import retrieval_against_target
     from trichotomy_lib.privacy.reid_eval import Evaluation

@@ -56,7 +56,12 @@ REID_DEFAULTS: dict = {
                                 #   the same test precision@1 (``benchmarks/reid_retrieval.py --set reid.precision=auto``)
     "max_pos_per_patient": 45,  # cap on same-patient pairs per patient (None: all n(n−1)/2)
     "max_pairs_per_epoch": None,  # subsample this many pairs per epoch (None: all)
-    "fresh_negatives": True,    # draw new random different-patient pairs every epoch (same count)
+    "fresh_negatives": True,    # draw new random different-patient pairs every epoch (same count; "sampled" only)
+    "negatives": "sampled",     # where the BCE's different-patient pairs come from: "sampled" (the paper's: random
+                                #   pairs, as many as positives, each its own pair of images in the batch) |
+                                #   "in_batch" (a batch holds positive pairs only; a_i against b_(i+1) of the same
+                                #   batch is its negative, so no encoder pass is spent on a negative and an epoch
+                                #   is the positives: half the steps, every image an anchor of the retrieval term)
     "augment_shift": 0.06,      # random translation, fraction of the image size (0: off)
     "augment_scale": 0.05,      # random zoom ±fraction (0: off)
     "augment_rotate": 5.0,      # random rotation ±degrees (0: off)
@@ -188,6 +193,7 @@ def check_retrieval_weight(value) -> float:
 
 LR_SCHEDULES = ("constant", "cosine")
 SELECT = ("auroc", "precision_at_1")
+NEGATIVES = ("sampled", "in_batch")
 
 
 def check_choice(name: str, value, choices: tuple[str, ...]) -> str:
@@ -202,6 +208,23 @@ def learning_rate(p: dict, step: int, total_steps: int) -> float:
     if p["lr_schedule"] == "constant":
         return float(p["lr"])
     return float(p["lr"]) * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def in_batch_pairs(n: int, patients) -> tuple[np.ndarray, np.ndarray]:
+    """Negatives of a batch of ``n`` positive pairs (a_i, b_i): (a_i, b_(i+1 mod n)).
+
+    ``patients``: (2n,) the patient of each image, a's then b's. Returns ``(i, j)`` index arrays
+    into a and b of the pairs whose two images are of different patients (a batch may hold two
+    pairs of one patient; that pair is dropped, not mislabelled). Empty for n = 1."""
+    patients = np.asarray(patients).astype(str)
+    if len(patients) != 2 * n:
+        raise ValueError(f"{len(patients)} patient ids for a batch of {n} pairs (need 2 x {n})")
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    i = np.arange(n)
+    j = (i + 1) % n
+    keep = patients[i] != patients[n + j]
+    return i[keep], j[keep]
 
 
 def retrieval_loss(model: Verifier, e: torch.Tensor, patients) -> torch.Tensor:
@@ -280,6 +303,7 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
     lam = check_retrieval_weight(p["retrieval_loss"])
     check_choice("lr_schedule", p["lr_schedule"], LR_SCHEDULES)
     select = check_choice("select", p["select"], SELECT)
+    in_batch = check_choice("negatives", p["negatives"], NEGATIVES) == "in_batch"
     patient_ids = np.asarray(train.patient_ids).astype(str)
     if pairs is None:
         pairs = sample_pairs(train.patient_ids, seeds.derive(seed, "pairs"), p["max_pos_per_patient"], split="train")
@@ -306,7 +330,8 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
         best_state = state.state_dict("best", device)
         history, start = state.meta["history"], state.meta["epoch"] + 1
 
-    n_epoch = len(pairs) if p["max_pairs_per_epoch"] is None else min(len(pairs), int(p["max_pairs_per_epoch"]))
+    epoch_size = pairs.n_pos if in_batch else len(pairs)
+    n_epoch = epoch_size if p["max_pairs_per_epoch"] is None else min(epoch_size, int(p["max_pairs_per_epoch"]))
     bs = int(p["batch_size"])
     steps_per_epoch = -(-n_epoch // bs)
     total_steps = steps_per_epoch * int(p["epochs"])
@@ -315,7 +340,10 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
         if p["patience"] is not None and epoch - history["best_epoch"] > int(p["patience"]):
             break
         g = seeds.torch_generator(seed, "epoch", epoch)
-        if p["fresh_negatives"] and epoch > 0:   # epoch 0 uses the given pairs as they are
+        if in_batch:                               # the positives; negatives are formed inside each batch
+            pos = pairs.label == 1
+            epoch_pairs = Pairs(pairs.a[pos], pairs.b[pos], pairs.label[pos])
+        elif p["fresh_negatives"] and epoch > 0:   # epoch 0 uses the given pairs as they are
             neg = sample_negatives(train.patient_ids, len(pairs) - pairs.n_pos,
                                    seeds.rng(seed, "negatives", epoch))
             pos = pairs.label == 1
@@ -333,18 +361,25 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
             idx = order[s:s + bs]
             x = torch.cat([train.tensor(epoch_pairs.a[idx]), train.tensor(epoch_pairs.b[idx])])
             x = augment(x, p, g).to(device)
+            n = len(idx)
+            who = np.concatenate([patient_ids[epoch_pairs.a[idx]], patient_ids[epoch_pairs.b[idx]]])
             with autocast(device, precision):
                 e = model.embedding(x)                 # one pass over both sides (shared encoder)
-                logits = model.head_logits(e[: len(idx)], e[len(idx):]).float()
-            y = torch.from_numpy(epoch_pairs.label[idx]).float().to(device)
+                ea, eb = e[:n], e[n:]
+                y = epoch_pairs.label[idx]
+                if in_batch:                           # + (a_i, b_(i+1)) of different patients, label 0
+                    ni, nj = in_batch_pairs(n, who)
+                    ea, eb = torch.cat([ea, ea[ni]]), torch.cat([eb, eb[nj]])
+                    y = np.concatenate([y, np.zeros(len(ni), np.int64)])
+                logits = model.head_logits(ea, eb).float()
+            y = torch.from_numpy(y).float().to(device)
             loss = F.binary_cross_entropy_with_logits(logits, y)
             if lam:
-                who = np.concatenate([patient_ids[epoch_pairs.a[idx]], patient_ids[epoch_pairs.b[idx]]])
                 loss = loss + lam * retrieval_loss(model, e.float(), who)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(loss.detach()) * n
         val_scores = validation_scores(model, val, val_pairs, int(p["eval_batch_size"]))
         auroc = val_scores["auroc"]
         history["loss"].append(total / n_epoch)

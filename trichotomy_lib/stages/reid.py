@@ -18,7 +18,7 @@ from ..io import atomic_path
 from ..jobs import run_jobs
 from ..pipeline import Pipeline, StageContext, stage
 from ..privacy.reid_model import Verifier
-from ..privacy.reid_train import (LR_SCHEDULES, REID_DEFAULTS, SELECT, TRAIN_KEYS, check_choice, check_retrieval_weight,
+from ..privacy.reid_train import (LR_SCHEDULES, NEGATIVES, REID_DEFAULTS, SELECT, TRAIN_KEYS, check_choice, check_retrieval_weight,
                                   sample_pairs, train_verifier)
 from ..privacy.roles import ROLES, auditor_split, check_role, defender_train_set, role_seed, val_pairs_seed
 from .. import seeds
@@ -37,6 +37,7 @@ AUDITOR_OVERRIDE_KEYS: tuple[str, ...] = tuple(k for k in TRAIN_KEYS if k not in
 _RECIPE_CHECKS = {"precision": lambda v: check_choice("precision", v, tuple(PRECISIONS)),
                   "lr_schedule": lambda v: check_choice("lr_schedule", v, LR_SCHEDULES),
                   "select": lambda v: check_choice("select", v, SELECT),
+                  "negatives": lambda v: check_choice("negatives", v, NEGATIVES),
                   "retrieval_loss": check_retrieval_weight}
 
 
