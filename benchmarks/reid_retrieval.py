@@ -25,6 +25,11 @@ a lever is read against a reference of the same machine and draw; each row names
     python benchmarks/reid_retrieval.py --roles defender --lambdas 3 \
         --variant reid.lr_schedule=cosine reid.patience=null --variant reid.select=precision_at_1
 
+In-batch negatives (``reid.negatives=in_batch``: half the steps an epoch) and the patients they buy:
+
+    python benchmarks/reid_retrieval.py --roles defender --lambdas 3 --set reid.negatives=in_batch \
+        --variant reid.extra_patients=2000 --variant reid.extra_patients=3500
+
 Run it after notebook 00 (``trichotomy reproduce --profile default --only 00``; it reads the
 pipeline's data cache, and generates the defender's extra patients itself).
 """
