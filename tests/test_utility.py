@@ -167,7 +167,6 @@ def test_load_label_guidance_round_trips_the_benchmark_csv(tmp_path):
         load_label_guidance(cfg)
 
 
-
 def test_equal_steps_scales_a_release_rows_epochs_to_the_real_splits_steps(tmp_path):
     from trichotomy_lib import config, pipeline
     from trichotomy_lib.evaluation.utility import equal_step_epochs

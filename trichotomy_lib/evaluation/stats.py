@@ -199,11 +199,11 @@ def auroc_table(y_true, y_score, class_names=None, n_boot: int = 1000, seed: int
     return pd.DataFrame(rows, index=pd.Index(names + ["mean"], name="class"))
 
 
-
 def mean_auroc(y_true, y_score) -> float:
     """The paper's metric alone, in [0, 1]: the mean per-class AUROC over the classes that have
     both label values (``auroc_table``'s "mean" row, without an interval)."""
     return float(auroc_table(y_true, y_score, n_boot=0).loc["mean", "auroc"])
+
 
 def auroc_difference_ci(y_true, score_a, score_b, n_boot: int = 1000, seed: int = 0,
                         level: float = 0.95, groups=None) -> dict:

@@ -330,6 +330,9 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
         best_state = state.state_dict("best", device)
         history, start = state.meta["history"], state.meta["epoch"] + 1
 
+    if in_batch:                                   # the positives; negatives are formed inside each batch
+        keep = pairs.label == 1
+        positives = Pairs(pairs.a[keep], pairs.b[keep], pairs.label[keep])
     epoch_size = pairs.n_pos if in_batch else len(pairs)
     n_epoch = epoch_size if p["max_pairs_per_epoch"] is None else min(epoch_size, int(p["max_pairs_per_epoch"]))
     bs = int(p["batch_size"])
@@ -340,9 +343,8 @@ def train_verifier(train: ImageSet, val: ImageSet, params: dict, seed: int, pair
         if p["patience"] is not None and epoch - history["best_epoch"] > int(p["patience"]):
             break
         g = seeds.torch_generator(seed, "epoch", epoch)
-        if in_batch:                               # the positives; negatives are formed inside each batch
-            pos = pairs.label == 1
-            epoch_pairs = Pairs(pairs.a[pos], pairs.b[pos], pairs.label[pos])
+        if in_batch:
+            epoch_pairs = positives
         elif p["fresh_negatives"] and epoch > 0:   # epoch 0 uses the given pairs as they are
             neg = sample_negatives(train.patient_ids, len(pairs) - pairs.n_pos,
                                    seeds.rng(seed, "negatives", epoch))
