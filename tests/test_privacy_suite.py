@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from test_pso import OracleVerifier, make_population
+from trichotomy_lib.analysis import privacy as privacy_tables
 from trichotomy_lib.evaluation.stats import paired_singling_out_risk
 from trichotomy_lib.privacy import sample_filter as flt
 from trichotomy_lib.privacy.attack import attack_release, strongest_attacker
@@ -196,6 +197,67 @@ def test_reliability_counts_vetoes_per_candidate_kind(world):
     assert (table["vetoed (never)"] == 0).all()
     assert table.loc["copy of the source", "all defenders agree"] == 0.0
     assert isinstance(table, pd.DataFrame) and table["should veto"].sum() == len(table) - 1
+
+
+def test_a_committee_veto_flags_what_any_member_flags_at_its_own_threshold():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=(3, 500))
+    p[:, :6] = [[0.30, 0.29, 0.10, 0.0, 1.0, 0.05],   # member 1, threshold 0.3
+                [0.05, 0.10, 0.12, 0.0, 0.0, 0.119],  # member 2, threshold 0.12
+                [0.05, 0.10, 0.01, 0.6, 0.0, 0.0]]    # member 3, threshold 0.6
+    t = [0.3, 0.12, 0.6]
+    members = [((lambda i: lambda s, x: p[i][s])(i), t[i]) for i in range(3)]
+    fn, threshold = flt.committee_defender_fn(members)
+    s = np.arange(p.shape[1])
+    score = fn(s, None)
+    assert threshold == 0.3 and ((score >= threshold) == (p >= np.array(t)[:, None]).any(0)).all()
+    assert list(score[:6] >= threshold) == [True, False, True, True, True, False]
+    assert ((score >= 0) & (score <= 1)).all()
+    bumped = p.copy()
+    bumped[1] = np.minimum(bumped[1] + 0.05, 1.0)      # a member more confident: the score never falls
+    assert (flt.committee_defender_fn([((lambda i: lambda s, x: bumped[i][s])(i), t[i]) for i in range(3)])[0](s, None)
+            >= score - 1e-12).all()
+    one, t1 = flt.committee_defender_fn(members[:1])
+    assert t1 == 0.3 and np.array_equal(one(s, None), p[0])   # a committee of one is that defender
+    with pytest.raises(ValueError, match="at least one"):
+        flt.committee_defender_fn([])
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        flt.committee_defender_fn([(members[0][0], 1.0)])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="filter.defenders"):
+            flt.check_filter_params({"defenders": bad})
+
+
+def test_the_filter_committee_comes_from_the_defender_replicas():
+    from trichotomy_lib import config
+    from trichotomy_lib.config import ConfigView
+    from trichotomy_lib.pipeline import Pipeline
+
+    import trichotomy_lib.stages  # noqa: F401  (registers the stages)
+
+    base = config.validate(config.resolve("smoke"))
+    cfgs = {d: config.validate(config.with_settings(base, ("generate.filter.defenders", d))) for d in (1, 5)}
+    pipes = {d: Pipeline(c, verbose=False) for d, c in cfgs.items()}
+    assert "reid_defender_replicas" in pipes[5].stage("release_diadm_filter").deps
+    view = ConfigView(cfgs[5], pipes[5].stage("reid_defender_replicas").keys, "reid_defender_replicas")
+    assert view["generate.filter.defenders"] == 5 > view["privacy.reliability_seeds"]  # 4 replicas to train
+    assert pipes[5].key("reid_defender_replicas") != pipes[1].key("reid_defender_replicas")
+    assert pipes[5].key("release_diadm_filter") != pipes[1].key("release_diadm_filter")
+    assert pipes[5].key("reid_defender") == pipes[1].key("reid_defender")
+
+
+def test_reliability_reports_the_committee_as_the_filter_veto(world):
+    train, heldout = world["train"], world["heldout"]
+    cand = planted_candidates(train, heldout, seed=1, n=40)
+    perfect = flt.verifier_defender_fn(world["auditor"], train.tensor(), patient_ids=train.patient_ids)
+    never = lambda s, x: np.zeros(len(s))  # noqa: E731
+    members = {"never": (never, 0.5), "oracle": (perfect, 0.5)}
+    table = veto_reliability(cand, members, committee=flt.committee_defender_fn(list(members.values())))
+    assert (table["vetoed (never)"] == 0).all()
+    assert table.loc["copy of the source", "vetoed (the filter: committee)"] == 1.0   # the oracle's flags count
+    assert (table["vetoed (the filter: committee)"] == table["vetoed (oracle)"]).all()
+    assert privacy_tables.filter_veto_column(table) == "vetoed (the filter: committee)"
+    assert privacy_tables.filter_veto_column(table.drop(columns="vetoed (the filter: committee)")) == "vetoed (never)"
 
 
 def test_the_audit_keeps_its_copy_ratio_through_the_release_directory(tmp_path):

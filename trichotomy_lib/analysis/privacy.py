@@ -144,11 +144,18 @@ def controls_monotone(controls: pd.DataFrame, tolerance: float = 0.05) -> pd.Dat
     return pd.DataFrame(rows).set_index(["family", "attacker"])
 
 
+def filter_veto_column(table: pd.DataFrame) -> str:
+    """The reliability table's column of what the filter vetoes: its committee's, where the veto
+    is a committee of defenders (``generate.filter.defenders`` > 1), else its defender's."""
+    committee = "vetoed (the filter: committee)"
+    return committee if committee in table.columns else next(c for c in table.columns if c.startswith("vetoed ("))
+
+
 def filter_reliability(table: pd.DataFrame) -> pd.DataFrame:
-    """The reliability table with its verdict per row: sensitivity rows should be vetoed,
-    the unseen-patient row should pass."""
+    """The reliability table with its verdict per row (the filter's veto): sensitivity rows
+    should be vetoed, the unseen-patient row should pass."""
     out = table.copy()
-    first = next(c for c in out.columns if c.startswith("vetoed ("))
+    first = filter_veto_column(out)
     out["verdict"] = np.where(out["should veto"], "sensitivity " + (out[first] * 100).round(1).astype(str) + " %",
                               "specificity " + ((1 - out[first]) * 100).round(1).astype(str) + " %")
     return out

@@ -63,14 +63,16 @@ def veto_flags(images: torch.Tensor, sources, defender_fn: Callable, threshold: 
 
 
 def veto_reliability(candidates: dict, defenders: dict[str, tuple[Callable, float]],
-                     copy_fn: Callable | None = None) -> pd.DataFrame:
+                     copy_fn: Callable | None = None, committee: tuple[Callable, float] | None = None) -> pd.DataFrame:
     """One row per planted kind: the share vetoed by each defender (its own threshold), the
     defender alone and the near-copy rule alone (first defender), the mean over defenders, and
     the share of candidates on which every defender's veto agrees.
 
     ``defenders``: ``{name: (defender_fn, threshold)}``, the first being the filter's own.
-    The ``should veto`` column says what a perfect filter does (sensitivity rows: 1,
-    specificity row: 0).
+    ``committee``: the filter's veto when it is a committee of defenders
+    (``sample_filter.committee_defender_fn``): column ``vetoed (the filter: committee)``, not
+    counted in the mean or the agreement. The ``should veto`` column says what a perfect filter
+    does (sensitivity rows: 1, specificity row: 0).
     """
     if not defenders:
         raise ValueError("veto_reliability needs at least one defender")
@@ -85,6 +87,8 @@ def veto_reliability(candidates: dict, defenders: dict[str, tuple[Callable, floa
         row["near-copy rule alone"] = float(first["copy"].mean())
         row["mean over defenders"] = float(vetoes.mean())
         row["all defenders agree"] = float((vetoes.all(0) | ~vetoes.any(0)).mean())
+        if committee is not None:
+            row["vetoed (the filter: committee)"] = float(veto_flags(images, sources, *committee, copy_fn)["veto"].mean())
         rows[kind] = row
     table = pd.DataFrame(rows).T
     table.index.name = "candidate"

@@ -99,6 +99,8 @@ FILTER_DEFAULTS: dict = {
     "all_scans": True,       # the defender compares a candidate with every scan of the source's patient
     "veto_recall": None,     # set the veto threshold so the defender flags this share of same-patient val
                              #   pairs, in (0, 1) (e.g. 0.99); None: use ``threshold`` as given
+    "defenders": 1,          # D: the veto is a committee, the filter's defender and D − 1 retrained with other
+                             #   seeds, each at its own threshold; any one flags → vetoed (``committee_defender_fn``), >= 1
     "copy_quantile": None,   # near-copy veto (copy_veto.py): q in (0, 0.5) of leave-patient-out NN distances; None: off
     "copy_spaces": ["pixels", "encoder"],  # the spaces of the near-copy veto
     "consistency": "prediction",  # the target of label consistency: "prediction" (the classifier's output on
@@ -122,7 +124,7 @@ def check_filter_params(params: dict | None) -> dict:
     if unknown:
         raise ValueError(f"unknown filter parameter(s) {unknown}; known: {sorted(FILTER_DEFAULTS)}")
     p = {**FILTER_DEFAULTS, **params}
-    for key in ("k", "round_size", "min_survivors", "keep", "max_attempts", "chunk_size"):
+    for key in ("k", "round_size", "min_survivors", "keep", "max_attempts", "chunk_size", "defenders"):
         if not isinstance(p[key], (int, np.integer)) or isinstance(p[key], bool) or p[key] < 1:
             raise ValueError(f"filter.{key} must be an integer >= 1, got {p[key]!r}")
     if p["k"] > 2**CANDIDATE_BITS:
@@ -449,6 +451,33 @@ def verifier_defender_fn(verifier, source_images: torch.Tensor, batch_size: int 
         return verifier.probability(best).numpy()
 
     return fn
+
+
+def committee_defender_fn(members: list[tuple[Callable, float]]) -> tuple[Callable, float]:
+    """(defender_fn, threshold) of a committee of defenders, each ``(defender_fn, t_i)`` with its
+    own veto threshold: a candidate is flagged when any member has P_i >= t_i.
+
+    The committee's score is read against the first member's threshold t_1: each P_i is mapped
+    piecewise-linearly, [0, t_i] → [0, t_1] and [t_i, 1] → [t_1, 1], and the score is the largest
+    mapped value, so score >= t_1 ⇔ some P_i >= t_i. It is monotone in every P_i and lies in
+    [0, 1]; with one member it is that member's P unchanged.
+    """
+    if not members:
+        raise ValueError("committee_defender_fn needs at least one (defender_fn, threshold) member")
+    for _, t in members:
+        if not 0 < t < 1:
+            raise ValueError(f"every committee threshold must be in (0, 1), got {t}")
+    t1 = float(members[0][1])
+    if len(members) == 1:
+        return members[0][0], t1
+
+    def onto_first(p: np.ndarray, t: float) -> np.ndarray:
+        return np.where(p < t, p / t * t1, t1 + (p - t) / (1 - t) * (1 - t1))
+
+    def fn(sources, images):
+        return np.max([onto_first(np.asarray(f(sources, images), dtype=np.float64), t) for f, t in members], axis=0)
+
+    return fn, t1
 
 
 def classifier_fn_from(classifier, batch_size: int = 256) -> Callable:

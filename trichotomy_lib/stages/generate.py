@@ -37,14 +37,14 @@ from ..privacy.generation import (DIADM_STREAM, EDM_CLASS_STREAM, generate_confi
 from ..privacy.release import load_audit_dir, load_release_dir, make_release, save_release
 from ..privacy.filter_audit import filter_summary
 from ..privacy.roles import val_pairs_seed, veto_threshold
-from ..privacy.sample_filter import (RANKED, classifier_fn_from, guidance_at, run_filter,
+from ..privacy.sample_filter import (RANKED, classifier_fn_from, committee_defender_fn, guidance_at, run_filter,
                                      verifier_defender_fn)
 from ..releases import FILTERED, RELEASES, release_stage
 from .classifier import load_classifier
 from .data import load_splits
 from .diffusion import load_codec, load_denoiser, load_guide
 from .encoder import load_embeddings, load_encoder
-from .reid import load_verifier
+from .reid import load_defender_replicas, load_verifier
 
 register_section("generate")(generate_config)
 
@@ -101,7 +101,8 @@ class FilterModels:
     classifier_fn: Callable
     source_probs: np.ndarray    # the sources' consistency targets (filter.consistency)
     copy_veto: CopyVeto | None  # None when filter.copy_quantile is null
-    threshold: float            # the defender's veto threshold in use (filter.threshold, or from veto_recall)
+    threshold: float            # the veto threshold in use (filter.threshold, or from veto_recall; a committee's
+                                #   is its first defender's: ``committee_defender_fn``)
     params: dict                # the filter parameters with that threshold
 
     @property
@@ -120,6 +121,16 @@ def defender_veto(pipe: Pipeline, verifier, train: ImageSet) -> tuple[Callable, 
     return fn, veto_threshold(verifier, load_splits(pipe)["val"], f["veto_recall"], val_pairs_seed(int(pipe.cfg["seed"])))
 
 
+def committee(pipe: Pipeline) -> list:
+    """The defenders of the veto (``filter.defenders`` = D): the filter's own, then D − 1 of its
+    replicas (the same recipe, other seeds; stage ``reid_defender_replicas``)."""
+    n = pipe.cfg["generate"]["filter"]["defenders"]
+    replicas = load_defender_replicas(pipe)[:n - 1] if n > 1 else []
+    if len(replicas) < n - 1:
+        raise ConfigError(f"generate.filter.defenders={n}: only {len(replicas)} defender replica(s) were trained")
+    return [load_verifier(pipe, "defender"), *replicas]
+
+
 def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None) -> CopyVeto | None:
     """The near-copy rule in the profile's ``filter.copy_spaces``, at ``quantile`` (default the
     profile's ``filter.copy_quantile``; None when that is null and no quantile is given)."""
@@ -136,11 +147,11 @@ def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None) ->
 
 def filter_models(pipe: Pipeline, train: ImageSet, progress: bool = False, solver=None, steps=None) -> FilterModels:
     """The sampler, the defender's veto (every scan of the source's patient when
-    ``filter.all_scans``), the near-copy veto, the consistency classifier and the sources'
+    ``filter.all_scans``; a committee of ``filter.defenders``), the near-copy veto, the consistency classifier and the sources'
     consistency targets (its outputs on the training images, or their labels: ``filter.consistency``)."""
     f = pipe.cfg["generate"]["filter"]
     sample_fn = make_sample_fn(pipe, "pseudo", load_embeddings(pipe, "train"), progress, solver, steps)
-    defender, threshold = defender_veto(pipe, load_verifier(pipe, "defender"), train)
+    defender, threshold = committee_defender_fn([defender_veto(pipe, v, train) for v in committee(pipe)])
     copy = copy_veto(pipe, train)
     clf = load_classifier(pipe)
     targets = clf.predict_proba(train) if f["consistency"] == "prediction" else train.labels.astype(np.float64)
@@ -243,7 +254,8 @@ def release_diadm_paper_stage(ctx: StageContext) -> None:
 
 
 @stage("release_diadm_filter", keys=(*_SAMPLING_KEYS, "generate.filter"),
-       deps=("data", "encoder", "diffusion", "reid_defender", "classifier", "release_diadm_raw"), version=3)
+       deps=("data", "encoder", "diffusion", "reid_defender", "reid_defender_replicas", "classifier",
+             "release_diadm_raw"), version=3)
 def release_diadm_filter_stage(ctx: StageContext) -> None:
     """DiADM + the privacy filter → one directory per ``releases.FILTERED`` release (1, 2, 4 survivors)."""
     g = ctx.config["generate"]

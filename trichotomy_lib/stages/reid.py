@@ -131,12 +131,15 @@ def reid_auditor_stage(ctx: StageContext) -> None:
     _train_role(ctx, "auditor")
 
 
-@stage("reid_defender_replicas", keys=(*_KEYS, "privacy.reliability_seeds"), deps=("data",), version=1)
+@stage("reid_defender_replicas", keys=(*_KEYS, "privacy.reliability_seeds", "generate.filter.defenders"),
+       deps=("data",), version=1)
 def reid_defender_replicas_stage(ctx: StageContext) -> None:
-    """The defender's recipe retrained with other seeds (``privacy.reliability_seeds`` − 1 of them),
-    for the filter's seed-agreement test; never used by the filter."""
+    """The defender's recipe retrained with other seeds, for the filter's seed-agreement test
+    (``privacy.reliability_seeds`` − 1 of them) and its committee veto (``generate.filter.defenders`` − 1):
+    as many as the larger needs."""
     seed = int(ctx.config["seed"])
-    todo = [i for i in range(1, int(ctx.config["privacy.reliability_seeds"]))
+    n = max(int(ctx.config["privacy.reliability_seeds"]), int(ctx.config["generate.filter.defenders"]))
+    todo = [i for i in range(1, n)
             if not (ctx.out / f"replica_{i}" / "verifier.json").exists()]
     for i in todo:
         (ctx.out / f"replica_{i}").mkdir(parents=True, exist_ok=True)
@@ -147,7 +150,8 @@ def reid_defender_replicas_stage(ctx: StageContext) -> None:
 
 
 def load_defender_replicas(pipe: Pipeline) -> list[Verifier]:
-    """The defender retrained with other seeds (empty when ``privacy.reliability_seeds`` <= 1)."""
+    """The defender retrained with other seeds, replica 1 first (empty when neither
+    ``privacy.reliability_seeds`` nor ``generate.filter.defenders`` is above 1)."""
     path = pipe.get("reid_defender_replicas")
     return [Verifier.load(p) for p in sorted(path.glob("replica_*")) if (p / "verifier.json").exists()]
 
