@@ -113,7 +113,7 @@ def main() -> None:
     for name, arm in arms.items():
         m = generate.filter_models(pipe, train, solver=arm["solver"], steps=arm["steps"])
         sample_fn, defender, classifier, source_probs = m.sample_fn, m.defender_fn, m.classifier_fn, m.source_probs
-        params = {**g["filter"], **{key: arm[key] for key in ("chunk_size", "round_size", "min_survivors")}}
+        params = {**m.params, **{key: arm[key] for key in ("chunk_size", "round_size", "min_survivors")}}
         start = time.perf_counter()
         res = flt.run_filter(sources, sample_fn, defender, classifier, source_probs, params, stream, progress=True,
                              copy_fn=m.copy_fn)

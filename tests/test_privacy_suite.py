@@ -228,22 +228,55 @@ def test_a_committee_veto_flags_what_any_member_flags_at_its_own_threshold():
             flt.check_filter_params({"defenders": bad})
 
 
-def test_the_filter_committee_comes_from_the_defender_replicas():
+def test_the_filter_committee_and_the_agreement_test_share_replicas_but_not_keys():
     from trichotomy_lib import config
-    from trichotomy_lib.config import ConfigView
     from trichotomy_lib.pipeline import Pipeline
 
     import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 
     base = config.validate(config.resolve("smoke"))
-    cfgs = {d: config.validate(config.with_settings(base, ("generate.filter.defenders", d))) for d in (1, 5)}
-    pipes = {d: Pipeline(c, verbose=False) for d, c in cfgs.items()}
-    assert "reid_defender_replicas" in pipes[5].stage("release_diadm_filter").deps
-    view = ConfigView(cfgs[5], pipes[5].stage("reid_defender_replicas").keys, "reid_defender_replicas")
-    assert view["generate.filter.defenders"] == 5 > view["privacy.reliability_seeds"]  # 4 replicas to train
-    assert pipes[5].key("reid_defender_replicas") != pipes[1].key("reid_defender_replicas")
-    assert pipes[5].key("release_diadm_filter") != pipes[1].key("release_diadm_filter")
-    assert pipes[5].key("reid_defender") == pipes[1].key("reid_defender")
+
+    def pipe(**settings):
+        cfg = base
+        for key, value in settings.items():
+            cfg = config.with_settings(cfg, (key.replace("__", "."), value))
+        return Pipeline(config.validate(cfg), verbose=False)
+
+    one, three = pipe(generate__filter__defenders=1), pipe(generate__filter__defenders=3)
+    more_seeds = pipe(generate__filter__defenders=1, privacy__reliability_seeds=5)
+    assert "reid_defender_committee" in one.stage("release_diadm_filter").deps
+    assert "reid_defender_replicas" not in one.upstream("release_diadm_filter")
+    for stage in ("reid_defender_committee", "release_diadm_filter", "reid_defender_replicas"):
+        assert three.key(stage) != one.key(stage), stage          # the committee's replicas feed the test's
+    assert three.key("reid_defender") == one.key("reid_defender")
+    assert more_seeds.key("reid_defender_replicas") != one.key("reid_defender_replicas")
+    for stage in ("reid_defender_committee", "release_diadm_filter", "utility_diadm_filter"):
+        assert more_seeds.key(stage) == one.key(stage), stage     # the agreement test's size re-keys no release
+
+
+def test_replicas_are_listed_by_number_across_the_committee_and_the_test(tmp_path):
+    from trichotomy_lib.stages.reid import replica_dirs
+
+    for where, i in (("test", 10), ("test", 2), ("committee", 1), ("committee", 2), ("test", 3)):
+        (tmp_path / where / f"replica_{i}").mkdir(parents=True)
+        if i != 3:                                                  # replica 3 never finished
+            (tmp_path / where / f"replica_{i}" / "verifier.json").write_text("{}")
+    dirs = replica_dirs(tmp_path / "test", tmp_path / "committee")
+    assert [(p.parent.name, p.name) for p in dirs] == [("committee", "replica_1"), ("test", "replica_2"),
+                                                       ("test", "replica_10")]
+
+
+def test_the_veto_rule_table_is_read_from_figures_or_named_when_broken(tmp_path):
+    cfg = {"figures_dir": str(tmp_path), "profile": "x"}
+    assert privacy_tables.load_veto_rule(cfg) is None
+    table = pd.DataFrame({"recall r": [0.99, 0.99], "rule": ["defender", "committee of 3"], "pass rate": [0.93, 0.84],
+                          "gap (points)": [1.2, 0.4], "gap lo": [0.5, -0.1], "gap hi": [2.0, 1.0]})
+    table.to_csv(tmp_path / "veto_rule.csv", index=False)
+    read = privacy_tables.load_veto_rule(cfg)
+    assert read.loc[(0.99, "committee of 3"), "gap hi"] == 1.0 and read.index.names == ["recall r", "rule"]
+    table.drop(columns="gap hi").to_csv(tmp_path / "veto_rule.csv", index=False)
+    with pytest.raises(ValueError, match=r"veto_rule.csv: missing column\(s\) \['gap hi'\]; rerun benchmarks/veto_rule.py"):
+        privacy_tables.load_veto_rule(cfg)
 
 
 def test_reliability_reports_the_committee_as_the_filter_veto(world):

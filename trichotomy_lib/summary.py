@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import config as config_mod
+from .analysis.privacy import VETO_RULE
 from .analysis.utility import GENERATOR_BUDGET, LABEL_GUIDANCE, UTILITY_GAP
 from .io import atomic_write_json, atomic_write_text
 from .releases import RELEASES, label
@@ -70,7 +71,8 @@ def replace_between_markers(text: str, block: str, start: str = START, end: str 
 # ------------------------------------------------------------------------------ tracing
 # tables a benchmark writes into figures/ (measured outside the reproduction; notebooks only read them)
 BENCHMARK_OUTPUTS = {GENERATOR_BUDGET: "benchmarks/generator_budget.py", UTILITY_GAP: "benchmarks/utility_gap.py",
-                     LABEL_GUIDANCE: "benchmarks/label_guidance.py"}
+                     LABEL_GUIDANCE: "benchmarks/label_guidance.py", VETO_RULE: "benchmarks/veto_rule.py",
+                     f"{VETO_RULE}_fresh": "benchmarks/veto_rule.py"}
 
 
 def _notebooks_dir() -> Path:

@@ -14,9 +14,11 @@ from ..stages.generate import copy_veto, release_info
 from ..stages.populations import load_populations
 from ..stages.privacy import attacker_spaces, load_any_release
 from ..stages.reid import load_verifier
+from .utility import _benchmark_table
 
 __all__ = ["privacy", "privacy_attackers", "privacy_controls", "controls_monotone", "filter_reliability",
-           "privacy_filter_tradeoff", "privacy_copy_veto_lever", "measurable_risk"]
+           "filter_veto_column", "privacy_filter_tradeoff", "privacy_copy_veto_lever", "measurable_risk",
+           "VETO_RULE", "load_veto_rule"]
 
 
 def _ci(rate, lo, hi, digits: int = 2) -> str:
@@ -144,6 +146,18 @@ def controls_monotone(controls: pd.DataFrame, tolerance: float = 0.05) -> pd.Dat
     return pd.DataFrame(rows).set_index(["family", "attacker"])
 
 
+VETO_RULE = "veto_rule"  # <figures_dir>/veto_rule.csv, written by benchmarks/veto_rule.py
+
+
+def load_veto_rule(cfg: dict) -> pd.DataFrame | None:
+    """The profile's measured veto rules (``<figures_dir>/veto_rule.csv``, from
+    ``benchmarks/veto_rule.py --profile <profile>``): per (recall r, rule), the share of fresh
+    candidates the veto passes and a stand-in auditor's re-identification gap to class-conditional
+    samples, in points with its 95 % interval; None when it was not measured."""
+    table = _benchmark_table(cfg, VETO_RULE, {"recall r", "rule", "pass rate", "gap (points)", "gap lo", "gap hi"})
+    return None if table is None else table.set_index(["recall r", "rule"])
+
+
 def filter_veto_column(table: pd.DataFrame) -> str:
     """The reliability table's column of what the filter vetoes: its committee's, where the veto
     is a committee of defenders (``generate.filter.defenders`` > 1), else its defender's."""
@@ -199,7 +213,8 @@ def privacy_filter_tradeoff(pipe: Pipeline, thresholds=(0.9, 0.5, 0.3, 0.2, 0.1,
     the raw DiADM release (each source's first candidate, before any veto), the defender
     comparing with the source image only (the near-copy rule aside). Reads the defender too: an
     analysis of the filter's operating point, not part of the audit. Indexed by threshold; the
-    threshold the filter ran with is marked."""
+    threshold the filter ran with is marked (with a committee veto, ``generate.filter.defenders`` > 1,
+    its first defender's: the table reads that defender alone)."""
     release, source_index = load_any_release(pipe, "diadm_raw")
     train = load_splits(pipe)["train"].subset(np.asarray(source_index))
     probs = {}

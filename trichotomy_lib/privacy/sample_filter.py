@@ -460,7 +460,8 @@ def committee_defender_fn(members: list[tuple[Callable, float]]) -> tuple[Callab
     The committee's score is read against the first member's threshold t_1: each P_i is mapped
     piecewise-linearly, [0, t_i] → [0, t_1] and [t_i, 1] → [t_1, 1], and the score is the largest
     mapped value, so score >= t_1 ⇔ some P_i >= t_i. It is monotone in every P_i and lies in
-    [0, 1]; with one member it is that member's P unchanged.
+    [0, 1]; with one member it is that member's P unchanged. The filter records this score as the
+    audit's ``defender_prob``.
     """
     if not members:
         raise ValueError("committee_defender_fn needs at least one (defender_fn, threshold) member")

@@ -44,7 +44,7 @@ from .classifier import load_classifier
 from .data import load_splits
 from .diffusion import load_codec, load_denoiser, load_guide
 from .encoder import load_embeddings, load_encoder
-from .reid import load_defender_replicas, load_verifier
+from .reid import load_committee_replicas, load_verifier
 
 register_section("generate")(generate_config)
 
@@ -104,6 +104,7 @@ class FilterModels:
     threshold: float            # the veto threshold in use (filter.threshold, or from veto_recall; a committee's
                                 #   is its first defender's: ``committee_defender_fn``)
     params: dict                # the filter parameters with that threshold
+    member_thresholds: tuple = ()  # a committee's thresholds, one per defender (the first is ``threshold``)
 
     @property
     def copy_fn(self):
@@ -123,11 +124,12 @@ def defender_veto(pipe: Pipeline, verifier, train: ImageSet) -> tuple[Callable, 
 
 def committee(pipe: Pipeline) -> list:
     """The defenders of the veto (``filter.defenders`` = D): the filter's own, then D − 1 of its
-    replicas (the same recipe, other seeds; stage ``reid_defender_replicas``)."""
+    replicas (the same recipe, other seeds; stage ``reid_defender_committee``)."""
     n = pipe.cfg["generate"]["filter"]["defenders"]
-    replicas = load_defender_replicas(pipe)[:n - 1] if n > 1 else []
-    if len(replicas) < n - 1:
-        raise ConfigError(f"generate.filter.defenders={n}: only {len(replicas)} defender replica(s) were trained")
+    replicas = load_committee_replicas(pipe)
+    if len(replicas) != n - 1:
+        raise RuntimeError(f"{pipe.get('reid_defender_committee')}: {len(replicas)} replica(s) for "
+                           f"generate.filter.defenders={n}; delete the directory to retrain them")
     return [load_verifier(pipe, "defender"), *replicas]
 
 
@@ -151,12 +153,13 @@ def filter_models(pipe: Pipeline, train: ImageSet, progress: bool = False, solve
     consistency targets (its outputs on the training images, or their labels: ``filter.consistency``)."""
     f = pipe.cfg["generate"]["filter"]
     sample_fn = make_sample_fn(pipe, "pseudo", load_embeddings(pipe, "train"), progress, solver, steps)
-    defender, threshold = committee_defender_fn([defender_veto(pipe, v, train) for v in committee(pipe)])
+    members = [defender_veto(pipe, v, train) for v in committee(pipe)]
+    defender, threshold = committee_defender_fn(members)
     copy = copy_veto(pipe, train)
     clf = load_classifier(pipe)
     targets = clf.predict_proba(train) if f["consistency"] == "prediction" else train.labels.astype(np.float64)
     return FilterModels(sample_fn, defender, classifier_fn_from(clf), targets, copy, threshold,
-                        {**f, "threshold": threshold})
+                        {**f, "threshold": threshold}, tuple(t for _, t in members))
 
 
 def _sample_chunked(out: Path, sources: np.ndarray, fn, chunk_size: int, desc: str) -> np.ndarray:
@@ -254,7 +257,7 @@ def release_diadm_paper_stage(ctx: StageContext) -> None:
 
 
 @stage("release_diadm_filter", keys=(*_SAMPLING_KEYS, "generate.filter"),
-       deps=("data", "encoder", "diffusion", "reid_defender", "reid_defender_replicas", "classifier",
+       deps=("data", "encoder", "diffusion", "reid_defender", "reid_defender_committee", "classifier",
              "release_diadm_raw"), version=3)
 def release_diadm_filter_stage(ctx: StageContext) -> None:
     """DiADM + the privacy filter → one directory per ``releases.FILTERED`` release (1, 2, 4 survivors)."""
@@ -286,7 +289,8 @@ def release_diadm_filter_stage(ctx: StageContext) -> None:
         _finish(ctx, name, make_release(name, images, src, train, rank), src, audit, seconds=seconds,
                 solver=g["solver"], steps=g["steps"], precision=sampling_precision(ctx.pipeline), filter=g["filter"],
                 summary=summary,
-                veto_threshold=models.threshold, copy_thresholds=copy_thresholds)
+                veto_threshold=models.threshold, copy_thresholds=copy_thresholds,
+                **({"committee_thresholds": list(models.member_thresholds)} if len(models.member_thresholds) > 1 else {}))
     shutil.rmtree(ctx.out / "chunks")
 
 

@@ -116,16 +116,16 @@ def privacy_controls_stage(ctx: StageContext) -> None:
 
 
 @stage("filter_reliability", keys=("seed", "generate.filter", "privacy.reliability_seeds"),
-       deps=("data", "encoder", "reid_defender", "reid_defender_replicas", "control_population"), version=1)
+       deps=("data", "encoder", "reid_defender", "reid_defender_committee", "reid_defender_replicas",
+             "control_population"), version=1)
 def filter_reliability_stage(ctx: StageContext) -> None:
     """Sensitivity on planted near-duplicates, specificity on unseen patients, agreement across defender seeds."""
     pipe = ctx.pipeline
     splits = load_splits(pipe)
     train = splits["train"]
     unseen = load_populations(pipe).get("negative", splits["test"])
-    n_seeds = int(ctx.config["privacy.reliability_seeds"])
     verifiers = {"filter's defender": load_verifier(pipe, "defender")}
-    verifiers.update({f"seed {i + 2}": v for i, v in enumerate(load_defender_replicas(pipe)[:n_seeds - 1])})
+    verifiers.update({f"seed {i + 2}": v for i, v in enumerate(load_defender_replicas(pipe))})
     defenders = {name: defender_veto(pipe, v, train) for name, v in verifiers.items()}
     members = committee(pipe)
     veto = copy_veto(pipe, train)

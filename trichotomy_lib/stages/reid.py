@@ -9,6 +9,7 @@ its own fresh ones), the auditor only on its own population (stage ``control_pop
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -131,16 +132,11 @@ def reid_auditor_stage(ctx: StageContext) -> None:
     _train_role(ctx, "auditor")
 
 
-@stage("reid_defender_replicas", keys=(*_KEYS, "privacy.reliability_seeds", "generate.filter.defenders"),
-       deps=("data",), version=1)
-def reid_defender_replicas_stage(ctx: StageContext) -> None:
-    """The defender's recipe retrained with other seeds, for the filter's seed-agreement test
-    (``privacy.reliability_seeds`` − 1 of them) and its committee veto (``generate.filter.defenders`` − 1):
-    as many as the larger needs."""
+def _train_replicas(ctx: StageContext, indices) -> None:
+    """Replicas ``indices`` of the defender (its recipe, seed ``seeds.derive(seed, "reid", "defender",
+    "replica", i)``) into ``ctx.out / replica_<i>``; finished ones are kept, so an interrupted stage resumes."""
     seed = int(ctx.config["seed"])
-    n = max(int(ctx.config["privacy.reliability_seeds"]), int(ctx.config["generate.filter.defenders"]))
-    todo = [i for i in range(1, n)
-            if not (ctx.out / f"replica_{i}" / "verifier.json").exists()]
+    todo = [i for i in indices if not (ctx.out / f"replica_{i}" / "verifier.json").exists()]
     for i in todo:
         (ctx.out / f"replica_{i}").mkdir(parents=True, exist_ok=True)
     data = role_data(ctx.pipeline, ctx.config, "defender") if todo else ()
@@ -149,11 +145,44 @@ def reid_defender_replicas_stage(ctx: StageContext) -> None:
                          f"reid_defender replica {i}") for i in todo], desc="defender replicas")
 
 
+def replica_dirs(*paths) -> list:
+    """The finished ``replica_<i>`` directories under ``paths``, by i (replica 1 first; a replica
+    found in two places is taken from the first)."""
+    found = {}
+    for path in paths:
+        for p in Path(path).glob("replica_*"):
+            if (p / "verifier.json").exists():
+                found.setdefault(int(p.name.split("_")[1]), p)
+    return [found[i] for i in sorted(found)]
+
+
+@stage("reid_defender_committee", keys=(*_KEYS, "generate.filter.defenders"), deps=("data",), version=1)
+def reid_defender_committee_stage(ctx: StageContext) -> None:
+    """The defender's recipe retrained with other seeds for the filter's committee veto: replicas
+    1 … D − 1 (``generate.filter.defenders`` = D; none for the single defender)."""
+    _train_replicas(ctx, range(1, int(ctx.config["generate.filter.defenders"])))
+
+
+@stage("reid_defender_replicas", keys=(*_KEYS, "privacy.reliability_seeds"), deps=("data", "reid_defender_committee"),
+       version=2)
+def reid_defender_replicas_stage(ctx: StageContext) -> None:
+    """The replicas of the filter's seed-agreement test, 1 … R − 1 (``privacy.reliability_seeds`` = R):
+    those the committee already holds are used from there, the rest trained here."""
+    have = {int(p.name.split("_")[1]) for p in replica_dirs(ctx.inputs["reid_defender_committee"])}
+    _train_replicas(ctx, [i for i in range(1, int(ctx.config["privacy.reliability_seeds"])) if i not in have])
+
+
+def load_committee_replicas(pipe: Pipeline) -> list[Verifier]:
+    """The filter committee's replicas, 1 … D − 1 (empty for a single defender)."""
+    return [Verifier.load(p) for p in replica_dirs(pipe.get("reid_defender_committee"))]
+
+
 def load_defender_replicas(pipe: Pipeline) -> list[Verifier]:
-    """The defender retrained with other seeds, replica 1 first (empty when neither
-    ``privacy.reliability_seeds`` nor ``generate.filter.defenders`` is above 1)."""
-    path = pipe.get("reid_defender_replicas")
-    return [Verifier.load(p) for p in sorted(path.glob("replica_*")) if (p / "verifier.json").exists()]
+    """The seed-agreement test's replicas, 1 … R − 1, replica 1 first (empty when
+    ``privacy.reliability_seeds`` <= 1)."""
+    n = int(pipe.cfg["privacy"]["reliability_seeds"])
+    dirs = replica_dirs(pipe.get("reid_defender_replicas"), pipe.get("reid_defender_committee"))
+    return [Verifier.load(p) for p in dirs if int(p.name.split("_")[1]) < n]
 
 
 def load_verifier(pipe: Pipeline, role: str) -> Verifier:
