@@ -59,6 +59,7 @@ from trichotomy_lib import config, seeds
 from trichotomy_lib.analysis.privacy import VETO_RULE
 from trichotomy_lib.data.imageset import images_to_uint8, uint8_to_tensor
 from trichotomy_lib.diffusion.conditional import conditional_sampler
+from trichotomy_lib.evaluation.classifier.consistency import label_consistency
 from trichotomy_lib.evaluation.stats import wilson_interval
 from trichotomy_lib.io import atomic_path, atomic_write_text
 from trichotomy_lib.pipeline import Pipeline
@@ -72,6 +73,7 @@ from trichotomy_lib.results import to_markdown
 from trichotomy_lib.stages.data import load_splits
 from trichotomy_lib.stages.diffusion import load_codec, load_denoiser, load_guide
 from trichotomy_lib.stages.encoder import load_embeddings, load_encoder
+from trichotomy_lib.stages.classifier import load_classifier
 from trichotomy_lib.stages.generate import copy_veto, load_release, sampling_precision
 from trichotomy_lib.stages.reid import fit_role, load_defender_replicas, load_verifier, role_params
 
@@ -113,7 +115,7 @@ def main() -> None:
     ap.add_argument("--sources", choices=("train", "fresh"), default="train",
                     help="the training images (default) or a fresh calibration population's")
     ap.add_argument("--patients", type=int, default=800, help="with --sources fresh: its patients (default 800)")
-    ap.add_argument("--candidates", type=int, default=3, help="DiADM candidates per source image (default 3)")
+    ap.add_argument("--candidates", type=int, default=6, help="DiADM candidates per source image (default 6)")
     ap.add_argument("--recalls", type=float, nargs="+", default=[0.99, 0.995, 0.999])
     ap.add_argument("--n-boot", type=int, default=20000)
     ap.add_argument("--out", default=None,
@@ -158,6 +160,12 @@ def main() -> None:
     near_copy = copy_veto(pipe, splits["train"])
     copy = np.zeros(len(cand), bool) if near_copy is None else near_copy.ratio(uint8_to_tensor(cand)) < 1.0
 
+    # the filter's choice among survivors: label consistency with the source (filter.consistency)
+    clf = load_classifier(pipe)
+    targets = (clf.predict_proba(pool.tensor()) if g["filter"]["consistency"] == "prediction"
+               else pool.labels.astype(np.float64))
+    bce = label_consistency(targets[cand_src], clf.predict_proba(uint8_to_tensor(cand))).reshape(args.candidates, -1)
+
     audit_t = float(cfg["privacy"]["audit_threshold"])
     reid = vs_source(judge, cand, pool, cand_src, audit_t)
     base = vs_source(judge, edm, pool, sources, audit_t)
@@ -167,28 +175,33 @@ def main() -> None:
     rng = np.random.default_rng(seeds.derive(seed, "benchmark", "veto_rule", "boot"))
     weights = np.stack([np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)
                         for _ in range(args.n_boot)]).astype(np.float32)  # (resamples, patients)
-    per_patient = lambda x: np.bincount(patient, weights=x, minlength=n_patients)  # noqa: E731
-    base_rate = (weights @ per_patient(base.astype(float))) / (weights @ per_patient(np.ones(len(base))))
+    per_patient = lambda x: np.bincount(patient, weights=np.asarray(x, float), minlength=n_patients)  # noqa: E731
+    base_rate = (weights @ per_patient(base)) / (weights @ per_patient(np.ones(len(base))))
 
-    def gap_interval(passed: np.ndarray) -> tuple[float, float]:
-        """95 % interval of the gap (points) by a bootstrap over patients: rates pooled over candidates."""
-        kept = np.bincount(patient[cand_src], weights=passed.astype(float), minlength=n_patients)
-        hits = np.bincount(patient[cand_src], weights=(passed & reid).astype(float), minlength=n_patients)
-        gaps = (weights @ hits) / np.maximum(weights @ kept, 1) - base_rate
-        return tuple(100 * np.quantile(gaps, [0.025, 0.975]))
+    def released(passed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(has a survivor, its re-id) per source, the survivor chosen as the filter chooses: the
+        most label-consistent of the first ``filter.min_survivors`` that pass, in drawing order."""
+        passed = passed.reshape(args.candidates, -1)
+        first = passed & (np.cumsum(passed, axis=0) <= g["filter"]["min_survivors"])
+        pick = np.where(first, bce, np.inf).argmin(axis=0)
+        return first.any(axis=0), reid.reshape(args.candidates, -1)[pick, sources]
 
     rows = []
     for r in args.recalls:
         t = np.asarray(thresholds[r])[:, None]
         for name, members in (("defender", 1), (f"committee of {len(defenders)}", len(defenders))):
             passed = ~((probs[:members] >= t[:members]).any(axis=0) | copy)
-            k, n = int(reid[passed].sum()), int(passed.sum())
+            has, hit = released(passed)
+            k, n = int(hit[has].sum()), int(has.sum())
             rate, lo, hi = wilson_interval(k, n) if n else (np.nan, np.nan, np.nan)
-            glo, ghi = gap_interval(passed)
+            gaps = (weights @ per_patient(has & hit)) / np.maximum(weights @ per_patient(has), 1) - base_rate
+            glo, ghi = 100 * np.quantile(gaps, [0.025, 0.975])
+            pooled = reid[passed].mean() if passed.any() else np.nan
             rows.append({"recall r": r, "rule": name, "thresholds": " / ".join(f"{x:.3f}" for x in t[:members, 0]),
-                         "pass rate": passed.mean(), "re-id vs source": rate, "re-id lo": lo, "re-id hi": hi,
-                         "re-id k / n": f"{k} / {n}", "gap (points)": 100 * (rate - base.mean()),
-                         "gap lo": glo, "gap hi": ghi})
+                         "pass rate": passed.mean(), "sources without a survivor": int((~has).sum()),
+                         "pooled gap (points)": 100 * (pooled - base.mean()),
+                         "re-id vs source": rate, "re-id lo": lo, "re-id hi": hi, "re-id k / n": f"{k} / {n}",
+                         "gap (points)": 100 * (rate - base.mean()), "gap lo": glo, "gap hi": ghi})
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows).set_index(["recall r", "rule"])
     reference = ""
