@@ -80,10 +80,10 @@ from trichotomy_lib.privacy.reid_train import sample_pairs
 from trichotomy_lib.privacy.roles import auditor_split, val_pairs_seed, veto_threshold
 from trichotomy_lib.privacy.sample_filter import guidance_at, verifier_defender_fn
 from trichotomy_lib.results import to_markdown
+from trichotomy_lib.stages.classifier import load_classifier
 from trichotomy_lib.stages.data import load_splits
 from trichotomy_lib.stages.diffusion import load_codec, load_denoiser, load_guide
 from trichotomy_lib.stages.encoder import load_embeddings, load_encoder
-from trichotomy_lib.stages.classifier import load_classifier
 from trichotomy_lib.stages.generate import copy_veto, load_release, sampling_precision
 from trichotomy_lib.stages.reid import fit_role, load_defender_replicas, load_verifier, role_params
 
