@@ -133,6 +133,14 @@ def committee(pipe: Pipeline) -> list:
     return [load_verifier(pipe, "defender"), *replicas]
 
 
+def committee_veto(pipe: Pipeline, train: ImageSet) -> tuple[Callable, float, tuple]:
+    """(defender_fn, threshold, each member's threshold) of the filter's veto: its ``committee``,
+    each member under the profile's ``defender_veto`` settings (``committee_defender_fn``)."""
+    members = [defender_veto(pipe, v, train) for v in committee(pipe)]
+    fn, threshold = committee_defender_fn(members)
+    return fn, threshold, tuple(t for _, t in members)
+
+
 def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None) -> CopyVeto | None:
     """The near-copy rule in the profile's ``filter.copy_spaces``, at ``quantile`` (default the
     profile's ``filter.copy_quantile``; None when that is null and no quantile is given)."""
@@ -153,13 +161,12 @@ def filter_models(pipe: Pipeline, train: ImageSet, progress: bool = False, solve
     consistency targets (its outputs on the training images, or their labels: ``filter.consistency``)."""
     f = pipe.cfg["generate"]["filter"]
     sample_fn = make_sample_fn(pipe, "pseudo", load_embeddings(pipe, "train"), progress, solver, steps)
-    members = [defender_veto(pipe, v, train) for v in committee(pipe)]
-    defender, threshold = committee_defender_fn(members)
+    defender, threshold, member_thresholds = committee_veto(pipe, train)
     copy = copy_veto(pipe, train)
     clf = load_classifier(pipe)
     targets = clf.predict_proba(train) if f["consistency"] == "prediction" else train.labels.astype(np.float64)
     return FilterModels(sample_fn, defender, classifier_fn_from(clf), targets, copy, threshold,
-                        {**f, "threshold": threshold}, tuple(t for _, t in members))
+                        {**f, "threshold": threshold}, member_thresholds)
 
 
 def _sample_chunked(out: Path, sources: np.ndarray, fn, chunk_size: int, desc: str) -> np.ndarray:

@@ -25,11 +25,10 @@ from ..privacy.reliability import planted_candidates, veto_reliability
 from ..privacy.attack import attack_release, evaluate_release
 from ..privacy.audit import EmbeddingCache, FeatureCache, pixel_features
 from ..privacy.pso import privacy_config
-from ..privacy.sample_filter import committee_defender_fn
 from ..releases import CONTROLS, RELEASES, label, release_stages
 from .data import load_splits
 from .encoder import load_attacker_encoder, load_encoder
-from .generate import committee, copy_veto, defender_veto, load_release
+from .generate import committee_veto, copy_veto, defender_veto, load_release
 from .populations import load_populations
 from .reid import load_defender_replicas, load_verifier
 
@@ -127,12 +126,10 @@ def filter_reliability_stage(ctx: StageContext) -> None:
     verifiers = {"filter's defender": load_verifier(pipe, "defender")}
     verifiers.update({f"seed {i + 2}": v for i, v in enumerate(load_defender_replicas(pipe))})
     defenders = {name: defender_veto(pipe, v, train) for name, v in verifiers.items()}
-    members = committee(pipe)
+    fn, threshold, members = committee_veto(pipe, train)
     veto = copy_veto(pipe, train)
     table = veto_reliability(planted_candidates(train, unseen, int(ctx.config["seed"])), defenders,
-                             None if veto is None else veto.ratio,
-                             committee_defender_fn([defender_veto(pipe, v, train) for v in members])
-                             if len(members) > 1 else None)
+                             None if veto is None else veto.ratio, (fn, threshold) if len(members) > 1 else None)
     atomic_write_json(ctx.out / "reliability.json", to_jsonable({
         "rows": table.reset_index().to_dict(orient="records"),
         "thresholds": {name: t for name, (_, t) in defenders.items()}}))

@@ -145,6 +145,10 @@ def _train_replicas(ctx: StageContext, indices) -> None:
                          f"reid_defender replica {i}") for i in todo], desc="defender replicas")
 
 
+def _replica_index(path: Path) -> int:
+    return int(path.name.split("_")[1])  # replica_<i>
+
+
 def replica_dirs(*paths) -> list:
     """The finished ``replica_<i>`` directories under ``paths``, by i (replica 1 first; a replica
     found in two places is taken from the first)."""
@@ -152,7 +156,7 @@ def replica_dirs(*paths) -> list:
     for path in paths:
         for p in Path(path).glob("replica_*"):
             if (p / "verifier.json").exists():
-                found.setdefault(int(p.name.split("_")[1]), p)
+                found.setdefault(_replica_index(p), p)
     return [found[i] for i in sorted(found)]
 
 
@@ -168,7 +172,7 @@ def reid_defender_committee_stage(ctx: StageContext) -> None:
 def reid_defender_replicas_stage(ctx: StageContext) -> None:
     """The replicas of the filter's seed-agreement test, 1 … R − 1 (``privacy.reliability_seeds`` = R):
     those the committee already holds are used from there, the rest trained here."""
-    have = {int(p.name.split("_")[1]) for p in replica_dirs(ctx.inputs["reid_defender_committee"])}
+    have = {_replica_index(p) for p in replica_dirs(ctx.inputs["reid_defender_committee"])}
     _train_replicas(ctx, [i for i in range(1, int(ctx.config["privacy.reliability_seeds"])) if i not in have])
 
 
@@ -182,7 +186,7 @@ def load_defender_replicas(pipe: Pipeline) -> list[Verifier]:
     ``privacy.reliability_seeds`` <= 1)."""
     n = int(pipe.cfg["privacy"]["reliability_seeds"])
     dirs = replica_dirs(pipe.get("reid_defender_replicas"), pipe.get("reid_defender_committee"))
-    return [Verifier.load(p) for p in dirs if int(p.name.split("_")[1]) < n]
+    return [Verifier.load(p) for p in dirs if _replica_index(p) < n]
 
 
 def load_verifier(pipe: Pipeline, role: str) -> Verifier:
