@@ -24,6 +24,12 @@ first guidance w = g_0, the profile's condition) of the trained ``default`` mode
 ``--class-guidance`` adds the EDM class-conditional baseline at each of those w (its labels are its
 only condition, so w is its label guidance): the baseline gets the same lever.
 
+``--mix`` asks whether a *spread* of scales teaches more than one: each source's w_y is drawn
+uniformly from the listed values (its own seed stream), with the same sample seeds as the
+single-scale arms, so plainly and subtly drawn findings sit side by side in one release:
+
+    python benchmarks/label_guidance.py --no-attack --seeds 3 8 --mix 6,8,10 --mix 4,8,12
+
 Written: ``--out`` (markdown + csv; default ``<figures_dir>/label_guidance``, shown by notebook 07).
 
 Run it after ``trichotomy reproduce --profile default`` (it reads the pipeline's cache;
@@ -37,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 from trichotomy_lib import config, seeds
@@ -72,6 +79,30 @@ def scale(text: str) -> float | None:
     return value
 
 
+def scale_mix(text: str) -> tuple[float, ...]:
+    """A ``--mix`` on the command line: two or more w_y values >= 0, comma-separated ("4,8,12")."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mix takes comma-separated numbers, got {text!r}") from None
+    if len(values) < 2 or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"--mix needs two or more w_y values >= 0, got {text!r}")
+    return values
+
+
+def mixed_sampler(samplers: dict, assigned: np.ndarray):
+    """``fn(sources, seeds, w)`` drawing each source with the sampler of its assigned w_y.
+
+    ``samplers``: w_y → sampler; ``assigned``: (n_sources,) the w_y of each source. A sample is a
+    function of its seed alone, so each source's image is the one its scale's arm would draw."""
+    def fn(sources, sample_seeds, w):
+        sources, sample_seeds = np.asarray(sources), np.asarray(sample_seeds)
+        rows = [np.flatnonzero(assigned[sources] == w_y) for w_y in samplers]
+        parts = [sample(sources[r], sample_seeds[r], w) for sample, r in zip(samplers.values(), rows) if len(r)]
+        return torch.cat(parts)[torch.from_numpy(np.argsort(np.concatenate(rows)))]   # back in the sources' order
+    return fn
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scales", nargs="*", type=scale, help="w_y values (numbers >= 0, or 'none')")
@@ -80,6 +111,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="w (default: the filter's first guidance g_0)")
     ap.add_argument("--class-guidance", nargs="*", type=float, default=[],
                     help="also the EDM class-conditional release at each of these guidance weights")
+    ap.add_argument("--mix", action="append", type=scale_mix, default=[], metavar="W1,W2,...",
+                    help="one more DiADM arm whose sources each draw w_y uniformly from these values (repeatable)")
     ap.add_argument("--no-attack", action="store_true", help="skip the singling-out attackers (utility only)")
     ap.add_argument("--run-root", default=None, help="cache root (default: the profile's run_root)")
     ap.add_argument("--out", default=None,
@@ -109,10 +142,15 @@ def main() -> None:
     # (generator, name, the scale on the labels: w_y, or w where one scale serves both, sampler, w)
     arms = [("DiADM", "w_y=" + ("w" if w_y is None else f"{w_y:g}"), guidance if w_y is None else w_y,
              make_sample_fn(pipe, "pseudo", emb, progress=True, label_guidance=w_y), guidance) for w_y in args.scales]
+    for mix in args.mix:   # each source's w_y from its own stream; the same sample seeds as every arm
+        assigned = seeds.rng(seed, "benchmark", "label_guidance_mix", *mix).choice(np.asarray(mix), len(sources))
+        samplers = {w_y: make_sample_fn(pipe, "pseudo", emb, progress=True, label_guidance=w_y) for w_y in mix}
+        arms.append(("DiADM", "w_y~{" + ",".join(f"{w_y:g}" for w_y in mix) + "}", float(np.mean(mix)),
+                     mixed_sampler(samplers, assigned), guidance))
     arms += [("EDM class-conditional", f"w={w:g}", w, make_sample_fn(pipe, "class", train.labels.astype(np.float32),
                                                                      progress=True), w) for w in args.class_guidance]
     if not arms:
-        ap.error("nothing to measure: give w_y values and/or --class-guidance")
+        ap.error("nothing to measure: give w_y values, --mix and/or --class-guidance")
     rows = []
     for generator, name, scale_on_labels, fn, w in arms:
         release = make_release(name, images_to_uint8(fn(sources, sample_seeds, w)), sources, train)
