@@ -122,6 +122,28 @@ def test_bad_attack_input_is_named(world):
         attack_release(release, src, world["train"], world["train"], world["auditor"], world["cfg"], name="overlap")
 
 
+def test_the_weight_sweep_plays_each_factor_and_its_table_reads_every_one(world):
+    """privacy_weight_sweep (stage and table): the factor reaches the calibration (the target
+    weight scales with it, the ball does not shrink), and the table has one column per factor."""
+    release, src = positive_control_release(world["train"], 0.02, seed=0)
+    rows = []
+    for factor in (0.03, 0.3):
+        cfg = {"seed": 7, "privacy": {"n_attacks": None, "weight_factor": factor}}
+        row = attack_release(release, src, world["train"], world["control"], world["auditor"], cfg,
+                             heldout=world["weight"], name="positive_control")
+        rows.append({"weight_factor": factor, "label": "copies", **row})
+    tight, loose = rows
+    assert loose["ball_target_weight"] == pytest.approx(10 * tight["ball_target_weight"])
+    assert loose["ball_radius"] >= tight["ball_radius"] and loose["ball_weight"] >= tight["ball_weight"]
+    table = privacy_tables.privacy_weight_sweep(pd.DataFrame(rows))
+    assert list(table.index) == ["copies"] and list(table.columns) == ["w·n = 0.03", "w·n = 0.3"]
+    assert table.loc["copies", "w·n = 0.3"].startswith(
+        f"{loose['strongest_risk']:.2f} [{loose['strongest_risk_lo']:.2f}, {loose['strongest_risk_hi']:.2f}]")
+    assert privacy_tables.privacy_weight_sweep(pd.DataFrame()).empty
+    with pytest.raises(ValueError, match="rerun stage privacy_weight_sweep"):
+        privacy_tables.privacy_weight_sweep(pd.DataFrame(rows).drop(columns=["strongest_risk_hi"]))
+
+
 def test_leave_patient_out_distances_skip_the_patients_own_scans():
     feats = np.array([[0.0], [0.1], [5.0], [5.2], [9.0]])
     pids = np.array(["a", "a", "b", "b", "c"])

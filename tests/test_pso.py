@@ -170,6 +170,11 @@ def test_privacy_config_rejects_bad_values():
         privacy_config({"privacy": {"predicates": ["verifier"]}})
     with pytest.raises(ValueError, match="privacy.n_boot"):
         privacy_config({"privacy": {"n_boot": 10}})
+    for bad in ([0.0, 0.1], [0.1, 1.5], [0.1, 0.1], ["0.1"], [True]):
+        with pytest.raises(ValueError, match="privacy.weight_sweep"):
+            privacy_config({"privacy": {"weight_sweep": bad}})
+    assert privacy_config({"privacy": {"weight_sweep": None}})["weight_sweep"] == []
+    assert privacy_config({"privacy": {"weight_sweep": [1, 0.3]}})["weight_sweep"] == [1.0, 0.3]
 
 
 def test_release_sharing_patients_with_control_is_refused(world):

@@ -16,8 +16,8 @@ from ..stages.privacy import attacker_spaces, load_any_release
 from ..stages.reid import load_verifier
 from .utility import _benchmark_table
 
-__all__ = ["privacy", "privacy_attackers", "privacy_controls", "controls_monotone", "filter_reliability",
-           "filter_veto_column", "privacy_filter_tradeoff", "privacy_copy_veto_lever", "measurable_risk",
+__all__ = ["privacy", "privacy_attackers", "privacy_weight_sweep", "privacy_controls", "controls_monotone",
+           "filter_reliability", "filter_veto_column", "privacy_filter_tradeoff", "privacy_copy_veto_lever", "measurable_risk",
            "VETO_RULE", "load_veto_rule"]
 
 
@@ -82,6 +82,29 @@ def privacy_attackers(df: pd.DataFrame) -> pd.DataFrame:
                          "isolates its source": round(float(r.get(f"{prefix}_correct_rate", np.nan)), 3),
                          "predicates": int(r[f"{prefix}_n_predicates"])})
     return pd.DataFrame(rows).set_index(["release", "attacker"])
+
+
+def privacy_weight_sweep(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The strongest attacker's risk [corrected CI] on every release at every weight factor.
+
+    ``sweep``: ``stages.privacy.load_weight_sweep`` (one row per release and factor). One row per
+    release (display name, in the sweep's order), one column per factor ``w·n``: the risk, its
+    interval corrected for the attackers tried (as the headline's) and which attacker it is.
+    Empty when nothing was swept."""
+    if sweep.empty:
+        return pd.DataFrame()
+    missing = [c for c in ("label", "weight_factor", "strongest_attacker", "strongest_risk", "strongest_risk_lo",
+                           "strongest_risk_hi") if c not in sweep.columns]
+    if missing:
+        raise ValueError(f"weight sweep rows lack column(s) {missing}; rerun stage privacy_weight_sweep")
+    cells = {}
+    for _, r in sweep.iterrows():
+        cells.setdefault(r["label"], {})[f"w·n = {r['weight_factor']:g}"] = (
+            _ci(r["strongest_risk"], r["strongest_risk_lo"], r["strongest_risk_hi"])
+            + f" {ATTACKER_LABELS.get(r['strongest_attacker'], r['strongest_attacker'])}")
+    out = pd.DataFrame.from_dict(cells, orient="index")
+    out.index.name = "release"
+    return out
 
 
 def _attackers_in(df: pd.DataFrame) -> list[str]:

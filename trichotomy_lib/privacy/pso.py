@@ -67,6 +67,9 @@ PRIVACY_DEFAULTS: dict = {
     "predicates": ["verifier", "ball"],  # predicate kinds attacked (subset of PREDICATES)
     "primary": "ball",           # the kind whose risk is the headline column / the asserts (see below)
     "weight_factor": 0.1,        # target predicate weight = weight_factor / n  (in (0, 1])
+    "weight_sweep": [0.03, 0.1, 0.3],  # the whole game again at each of these weight factors (each in (0, 1];
+                                 #   [] or null: not swept): the attacker chooses the weight, so no single one
+                                 #   may carry the verdict (stage ``privacy_weight_sweep``)
     "verifier_threshold": 0.5,   # floor of the verifier predicate's "same patient" probability
     "audit_k": 16,               # training images retrieved per released image (vs-all audit)
     "audit_threshold": 0.5,      # the auditor's pairwise "same patient" probability (paper: 0.5)
@@ -106,6 +109,12 @@ def privacy_config(cfg: dict) -> dict:
         raise ValueError(f"privacy.primary must be one of privacy.predicates {kinds}, got {p['primary']!r}")
     if not 0 < p["weight_factor"] <= 1:
         raise ValueError(f"privacy.weight_factor must be in (0, 1], got {p['weight_factor']}")
+    sweep = list(p["weight_sweep"] or [])
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1 for w in sweep) \
+            or len(set(sweep)) != len(sweep):
+        raise ValueError("privacy.weight_sweep must be distinct numbers in (0, 1] (or [] / null), "
+                         f"got {p['weight_sweep']!r}")
+    p["weight_sweep"] = [float(w) for w in sweep]
     for key in ("verifier_threshold", "audit_threshold", "audit_false_alarm", "level", "nn_quantile"):
         if not 0 < p[key] < 1:
             raise ValueError(f"privacy.{key} must be in (0, 1), got {p[key]}")

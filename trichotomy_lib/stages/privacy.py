@@ -3,7 +3,9 @@
 ``privacy_eval`` evaluates every release of ``releases.RELEASES`` and both controls with the
 AUDITOR only (``privacy.pso.evaluate_release``). Artifacts: ``results.json`` (one row per
 release) and ``nn_distances.npz`` (pixel NN distances per release and of the held-out
-reference, for the figure).
+reference, for the figure). ``privacy_weight_sweep`` plays the same games at the other
+predicate weights of ``privacy.weight_sweep``; ``privacy_controls`` plays them on graded leaks
+and negative controls; ``filter_reliability`` tests the filter's veto itself.
 """
 
 from __future__ import annotations
@@ -93,6 +95,37 @@ def privacy_eval_stage(ctx: StageContext) -> None:
         np.savez(f, **{k: np.asarray(v, dtype=np.float64) for k, v in arrays.items() if v is not None})
 
 
+@stage("privacy_weight_sweep", keys=("seed", "privacy"),
+       deps=("data", "encoder", "attacker_encoder", "reid_defender", "reid_auditor", "control_population",
+             *release_stages()), version=1)
+def privacy_weight_sweep_stage(ctx: StageContext) -> None:
+    """Every attacker on every release again at each weight factor of ``privacy.weight_sweep``.
+
+    The target weight w = weight_factor / n sets how many patients a predicate may match by
+    chance; the attacker picks it, so the verdict is read at several. Each factor's game is
+    ``attack_release`` with only ``privacy.weight_factor`` changed (same predicates, populations,
+    calibration halves and bootstrap seeds as the headline), so the factor is the one difference."""
+    pipe = ctx.pipeline
+    cfg = ctx.config.to_dict()
+    params = cfg["privacy"]
+    splits, pops = load_splits(pipe), load_populations(pipe)
+    auditor = load_verifier(pipe, "auditor")
+    embed = EmbeddingCache(auditor, params["batch_size"])
+    spaces = attacker_spaces(pipe, params["attackers"])
+    rows = []
+    names = [*CONTROLS, *RELEASES]
+    with tqdm(total=len(names) * len(params["weight_sweep"]), desc="privacy weight sweep", unit="game") as bar:
+        for name in names:
+            release, source_index = load_any_release(pipe, name)
+            for factor in params["weight_sweep"]:
+                game = {**cfg, "privacy": {**params, "weight_factor": factor}}
+                row = attack_release(release, source_index, splits["train"], pops["control"], auditor, game,
+                                     heldout=pops["weight"], embed=embed, name=name, spaces=spaces)
+                rows.append({"weight_factor": factor, "label": label(name), **row})
+                bar.update()
+    atomic_write_json(ctx.out / "sweep.json", to_jsonable({"rows": rows}))
+
+
 @stage("privacy_controls", keys=("seed", "data", "privacy"),
        deps=("data", "encoder", "attacker_encoder", "reid_defender", "reid_auditor", "control_population"), version=3)
 def privacy_controls_stage(ctx: StageContext) -> None:
@@ -139,6 +172,13 @@ def load_filter_reliability(pipe: Pipeline) -> tuple[pd.DataFrame, dict]:
     """(the reliability table, {defender: veto threshold})."""
     data = json.loads((pipe.get("filter_reliability") / "reliability.json").read_text())
     return pd.DataFrame(data["rows"]).set_index("candidate"), data["thresholds"]
+
+
+def load_weight_sweep(pipe: Pipeline) -> pd.DataFrame:
+    """One row per (release, weight factor) of ``privacy.weight_sweep``, every attacker's fields
+    (empty when the sweep is switched off)."""
+    rows = json.loads((pipe.get("privacy_weight_sweep") / "sweep.json").read_text())["rows"]
+    return pd.DataFrame(rows)
 
 
 def load_privacy_controls(pipe: Pipeline) -> pd.DataFrame:
