@@ -123,25 +123,29 @@ def test_bad_attack_input_is_named(world):
 
 
 def test_the_weight_sweep_plays_each_factor_and_its_table_reads_every_one(world):
-    """privacy_weight_sweep (stage and table): the factor reaches the calibration (the target
-    weight scales with it, the ball does not shrink), and the table has one column per factor."""
+    """attack_at_weights (what stage privacy_weight_sweep plays per release) and its table: the
+    factor reaches the calibration (the target weight scales with it, the ball does not shrink),
+    the profile's own factor replays the headline game exactly, one table column per factor."""
+    from trichotomy_lib.privacy.attack import attack_at_weights
+
     release, src = positive_control_release(world["train"], 0.02, seed=0)
-    rows = []
-    for factor in (0.03, 0.3):
-        cfg = {"seed": 7, "privacy": {"n_attacks": None, "weight_factor": factor}}
-        row = attack_release(release, src, world["train"], world["control"], world["auditor"], cfg,
+    cfg = {"seed": 7, "privacy": {"n_attacks": None, "weight_factor": 0.1}}
+    rows = attack_at_weights(release, src, world["train"], world["control"], world["auditor"], cfg, [0.03, 0.1, 0.3],
                              heldout=world["weight"], name="positive_control")
-        rows.append({"weight_factor": factor, "label": "copies", **row})
-    tight, loose = rows
+    tight, same, loose = rows
+    assert [r["weight_factor"] for r in rows] == [0.03, 0.1, 0.3]
     assert loose["ball_target_weight"] == pytest.approx(10 * tight["ball_target_weight"])
     assert loose["ball_radius"] >= tight["ball_radius"] and loose["ball_weight"] >= tight["ball_weight"]
-    table = privacy_tables.privacy_weight_sweep(pd.DataFrame(rows))
-    assert list(table.index) == ["copies"] and list(table.columns) == ["w·n = 0.03", "w·n = 0.3"]
+    headline = attack_release(release, src, world["train"], world["control"], world["auditor"], cfg,
+                              heldout=world["weight"], name="positive_control")
+    assert {k: same[k] for k in headline} == headline
+    table = privacy_tables.privacy_weight_sweep(pd.DataFrame(rows).assign(label="copies"))
+    assert list(table.index) == ["copies"] and list(table.columns) == ["w·n = 0.03", "w·n = 0.1", "w·n = 0.3"]
     assert table.loc["copies", "w·n = 0.3"].startswith(
         f"{loose['strongest_risk']:.2f} [{loose['strongest_risk_lo']:.2f}, {loose['strongest_risk_hi']:.2f}]")
-    assert privacy_tables.privacy_weight_sweep(pd.DataFrame()).empty
+    assert "not run" in privacy_tables.privacy_weight_sweep(pd.DataFrame()).iloc[0, 0]
     with pytest.raises(ValueError, match="rerun stage privacy_weight_sweep"):
-        privacy_tables.privacy_weight_sweep(pd.DataFrame(rows).drop(columns=["strongest_risk_hi"]))
+        privacy_tables.privacy_weight_sweep(pd.DataFrame(rows).assign(label="x").drop(columns=["strongest_risk_hi"]))
 
 
 def test_leave_patient_out_distances_skip_the_patients_own_scans():

@@ -170,7 +170,7 @@ def test_privacy_config_rejects_bad_values():
         privacy_config({"privacy": {"predicates": ["verifier"]}})
     with pytest.raises(ValueError, match="privacy.n_boot"):
         privacy_config({"privacy": {"n_boot": 10}})
-    for bad in ([0.0, 0.1], [0.1, 1.5], [0.1, 0.1], ["0.1"], [True]):
+    for bad in ([0.0, 0.1], [0.1, 1.5], [0.1, 0.1], ["0.1"], [True], 0.1, "0.1"):
         with pytest.raises(ValueError, match="privacy.weight_sweep"):
             privacy_config({"privacy": {"weight_sweep": bad}})
     assert privacy_config({"privacy": {"weight_sweep": None}})["weight_sweep"] == []

@@ -90,9 +90,10 @@ def privacy_weight_sweep(sweep: pd.DataFrame) -> pd.DataFrame:
     ``sweep``: ``stages.privacy.load_weight_sweep`` (one row per release and factor). One row per
     release (display name, in the sweep's order), one column per factor ``w·n``: the risk, its
     interval corrected for the attackers tried (as the headline's) and which attacker it is.
-    Empty when nothing was swept."""
+    One row saying so when nothing was swept (``privacy.weight_sweep`` empty)."""
     if sweep.empty:
-        return pd.DataFrame()
+        return pd.DataFrame({"weight sweep": ["not run: privacy.weight_sweep is empty"]},
+                            index=pd.Index(["–"], name="release"))
     missing = [c for c in ("label", "weight_factor", "strongest_attacker", "strongest_risk", "strongest_risk_lo",
                            "strongest_risk_hi") if c not in sweep.columns]
     if missing:

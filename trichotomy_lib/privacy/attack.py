@@ -131,6 +131,24 @@ def attack_release(release: ImageSet, source_index, train: ImageSet, control: Im
     return row
 
 
+def attack_at_weights(release: ImageSet, source_index, train: ImageSet, control: ImageSet, auditor, cfg: dict,
+                      factors, heldout: ImageSet | None = None, embed=None, name: str = "release",
+                      spaces: dict | None = None) -> list[dict]:
+    """``attack_release`` once per predicate weight factor → one row per factor (``"weight_factor"`` first).
+
+    Only ``privacy.weight_factor`` differs between the games: the predicates, populations,
+    calibration halves and bootstrap resamples are the same (all seeded by ``seed`` and ``name``),
+    so the rows differ by the weight alone. ``factors``: each in (0, 1]. Pass ``embed`` and
+    ``spaces`` as caches (``FeatureCache``) to compute each space's features once for all factors.
+    """
+    embed = embed or EmbeddingCache(auditor, privacy_config(cfg)["batch_size"])
+    return [{"weight_factor": float(factor),
+             **attack_release(release, source_index, train, control, auditor,
+                              {**cfg, "privacy": {**(cfg.get("privacy") or {}), "weight_factor": factor}},
+                              heldout=heldout, embed=embed, name=name, spaces=spaces)}
+            for factor in factors]
+
+
 def res_fields(row: dict, prefix: str) -> list[str]:
     """The field names one attacker wrote into ``row``."""
     return [k[len(prefix) + 1:] for k in row if k.startswith(prefix + "_")]

@@ -109,6 +109,9 @@ def privacy_config(cfg: dict) -> dict:
         raise ValueError(f"privacy.primary must be one of privacy.predicates {kinds}, got {p['primary']!r}")
     if not 0 < p["weight_factor"] <= 1:
         raise ValueError(f"privacy.weight_factor must be in (0, 1], got {p['weight_factor']}")
+    if p["weight_sweep"] is not None and not isinstance(p["weight_sweep"], (list, tuple)):
+        raise ValueError(f"privacy.weight_sweep must be a list of weight factors (e.g. [0.03, 0.1, 0.3]), "
+                         f"got {p['weight_sweep']!r}")
     sweep = list(p["weight_sweep"] or [])
     if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1 for w in sweep) \
             or len(set(sweep)) != len(sweep):

@@ -24,7 +24,7 @@ from ..pipeline import Pipeline, StageContext, stage
 from ..privacy.controls import negative_control_release, positive_control_release
 from ..privacy.leaks import graded_leaks
 from ..privacy.reliability import planted_candidates, veto_reliability
-from ..privacy.attack import attack_release, evaluate_release
+from ..privacy.attack import attack_at_weights, attack_release, evaluate_release
 from ..privacy.audit import EmbeddingCache, FeatureCache, pixel_features
 from ..privacy.pso import privacy_config
 from ..releases import CONTROLS, RELEASES, label, release_stages
@@ -103,8 +103,9 @@ def privacy_weight_sweep_stage(ctx: StageContext) -> None:
 
     The target weight w = weight_factor / n sets how many patients a predicate may match by
     chance; the attacker picks it, so the verdict is read at several. Each factor's game is
-    ``attack_release`` with only ``privacy.weight_factor`` changed (same predicates, populations,
-    calibration halves and bootstrap seeds as the headline), so the factor is the one difference."""
+    ``attack.attack_at_weights``: only ``privacy.weight_factor`` changes (same predicates, populations,
+    calibration halves and bootstrap seeds as the headline). The headline's own factor, when listed,
+    replays ``privacy_eval``'s game exactly (notebook 06 checks that it reads the same)."""
     pipe = ctx.pipeline
     cfg = ctx.config.to_dict()
     params = cfg["privacy"]
@@ -113,16 +114,12 @@ def privacy_weight_sweep_stage(ctx: StageContext) -> None:
     embed = EmbeddingCache(auditor, params["batch_size"])
     spaces = attacker_spaces(pipe, params["attackers"])
     rows = []
-    names = [*CONTROLS, *RELEASES]
-    with tqdm(total=len(names) * len(params["weight_sweep"]), desc="privacy weight sweep", unit="game") as bar:
-        for name in names:
-            release, source_index = load_any_release(pipe, name)
-            for factor in params["weight_sweep"]:
-                game = {**cfg, "privacy": {**params, "weight_factor": factor}}
-                row = attack_release(release, source_index, splits["train"], pops["control"], auditor, game,
-                                     heldout=pops["weight"], embed=embed, name=name, spaces=spaces)
-                rows.append({"weight_factor": factor, "label": label(name), **row})
-                bar.update()
+    for name in tqdm([*CONTROLS, *RELEASES], desc="privacy weight sweep", unit="release"):
+        release, source_index = load_any_release(pipe, name)
+        games = attack_at_weights(release, source_index, splits["train"], pops["control"], auditor, cfg,
+                                  privacy_config(cfg)["weight_sweep"], heldout=pops["weight"], embed=embed, name=name,
+                                  spaces=spaces)
+        rows += [{**game, "label": label(name)} for game in games]
     atomic_write_json(ctx.out / "sweep.json", to_jsonable({"rows": rows}))
 
 
