@@ -18,6 +18,12 @@ does not fall: then the table on test measures it without having chosen it.
     python benchmarks/classifier_recipe.py --profile default \\
         --variant classifier.augment.noise=0.1 --variant classifier.weight_decay=0.0001
 
+Early stopping is a recipe too, read for its seconds as much as its AUROC (each recipe's training
+seconds are summed over its sets and seeds, run one after another):
+
+    python benchmarks/classifier_recipe.py --releases diadm_filter edm_class --seeds 3 \\
+        --variant classifier.patience=4
+
 Run it after ``trichotomy reproduce --profile default`` (it reads the releases from the pipeline's
 cache; ``--run-root`` points at another one). ``--out`` writes the table (.md, .csv). Nothing is
 asserted.
@@ -26,6 +32,7 @@ asserted.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +83,12 @@ def main() -> None:
     jobs = [(r, s, i) for r in range(len(recipes)) for s in sets for i in range(args.seeds)]
     scores = []
     for r, name, i in tqdm(jobs, desc="classifier recipes", unit="classifier"):
+        t0 = time.perf_counter()
         clf = fit_classifier(sets[name], val, recipes[r][1], seed=row_seed(seed, i), progress=False)
+        seconds = time.perf_counter() - t0
         auroc = 100 * mean_auroc(val.labels, clf.predict_proba(val))
         scores.append({"recipe": recipes[r][0], "training set": name, "seed": i, "val mean AUROC": auroc,
-                       "kept epoch": clf.best_epoch})
+                       "kept epoch": clf.best_epoch, "seconds": seconds})
         tqdm.write(str(scores[-1]))
     long = pd.DataFrame(scores)
     mean = long.pivot_table(index="recipe", columns="training set", values="val mean AUROC", sort=False)
@@ -92,6 +101,7 @@ def main() -> None:
     kept = long.groupby(["recipe", "training set"], sort=False)["kept epoch"].apply(lambda e: "/".join(map(str, e)))
     for name in sets:
         table[f"kept epochs: {name}"] = [kept[(r, name)] for r in table.index]
+    table["training seconds (all sets and seeds)"] = long.groupby("recipe", sort=False)["seconds"].sum()
     table["seeds"] = args.seeds
     text = (f"val mean AUROC (points; {args.seeds} classifier seeds per recipe and set; the epoch chosen on val)\n\n"
             + to_markdown(table, ".1f") + "\n")
