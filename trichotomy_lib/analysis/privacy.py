@@ -17,8 +17,8 @@ from ..stages.reid import load_verifier
 from .utility import _benchmark_table
 
 __all__ = ["privacy", "privacy_attackers", "privacy_weight_sweep", "privacy_controls", "controls_monotone",
-           "filter_reliability", "filter_veto_column", "privacy_filter_tradeoff", "privacy_copy_veto_lever", "measurable_risk",
-           "VETO_RULE", "load_veto_rule"]
+           "filter_reliability", "filter_veto_column", "privacy_filter_tradeoff", "privacy_copy_veto_lever",
+           "measurable_risk", "VETO_RULE", "load_veto_rule"]
 
 
 def _ci(rate, lo, hi, digits: int = 2) -> str:

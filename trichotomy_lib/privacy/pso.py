@@ -68,8 +68,8 @@ PRIVACY_DEFAULTS: dict = {
     "primary": "ball",           # the kind whose risk is the headline column / the asserts (see below)
     "weight_factor": 0.1,        # target predicate weight = weight_factor / n  (in (0, 1])
     "weight_sweep": [0.03, 0.1, 0.3],  # the whole game again at each of these weight factors (each in (0, 1];
-                                 #   [] or null: not swept): the attacker chooses the weight, so no single one
-                                 #   may carry the verdict (stage ``privacy_weight_sweep``)
+                                 #   [] or null: not swept): the attacker chooses the weight, so the verdict
+                                 #   is read at several beside the headline's (stage ``privacy_weight_sweep``)
     "verifier_threshold": 0.5,   # floor of the verifier predicate's "same patient" probability
     "audit_k": 16,               # training images retrieved per released image (vs-all audit)
     "audit_threshold": 0.5,      # the auditor's pairwise "same patient" probability (paper: 0.5)
