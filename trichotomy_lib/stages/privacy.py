@@ -69,6 +69,15 @@ def attacker_spaces(pipe: Pipeline, names) -> dict:
     return spaces
 
 
+def _game_pieces(pipe: Pipeline) -> tuple[dict, dict, object, EmbeddingCache, dict]:
+    """What every singling-out game of the privacy stages plays with: (splits, privacy populations,
+    the AUDITOR — never the defender —, its embedding cache, the other attackers' feature caches)."""
+    params = pipe.cfg["privacy"]
+    auditor = load_verifier(pipe, "auditor")
+    return (load_splits(pipe), load_populations(pipe), auditor, EmbeddingCache(auditor, params["batch_size"]),
+            attacker_spaces(pipe, params["attackers"]))
+
+
 @stage("privacy_eval", keys=("seed", "privacy"),
        deps=("data", "encoder", "attacker_encoder", "reid_defender", "reid_auditor", "control_population",
              *release_stages()), version=6)
@@ -76,10 +85,7 @@ def privacy_eval_stage(ctx: StageContext) -> None:
     """Audit + singling-out attack of every release (controls first) → results table."""
     pipe = ctx.pipeline
     params = ctx.config["privacy"]
-    splits, pops = load_splits(pipe), load_populations(pipe)
-    auditor = load_verifier(pipe, "auditor")   # the AUDITOR only — never the defender
-    embed = EmbeddingCache(auditor, params["batch_size"])
-    spaces = attacker_spaces(pipe, params["attackers"])
+    splits, pops, auditor, embed, spaces = _game_pieces(pipe)
     train, reference = splits["train"], splits["test"]
     rows, arrays = [], {}
     for name in tqdm([*CONTROLS, *RELEASES], desc="privacy_eval", unit="release"):
@@ -108,11 +114,7 @@ def privacy_weight_sweep_stage(ctx: StageContext) -> None:
     replays ``privacy_eval``'s game exactly (notebook 06 checks that it reads the same)."""
     pipe = ctx.pipeline
     cfg = ctx.config.to_dict()
-    params = cfg["privacy"]
-    splits, pops = load_splits(pipe), load_populations(pipe)
-    auditor = load_verifier(pipe, "auditor")
-    embed = EmbeddingCache(auditor, params["batch_size"])
-    spaces = attacker_spaces(pipe, params["attackers"])
+    splits, pops, auditor, embed, spaces = _game_pieces(pipe)
     rows = []
     for name in tqdm([*CONTROLS, *RELEASES], desc="privacy weight sweep", unit="release"):
         release, source_index = load_any_release(pipe, name)
@@ -128,11 +130,7 @@ def privacy_weight_sweep_stage(ctx: StageContext) -> None:
 def privacy_controls_stage(ctx: StageContext) -> None:
     """Every attacker on graded leaks of the training data and on the negative controls."""
     pipe = ctx.pipeline
-    params = ctx.config["privacy"]
-    splits, pops = load_splits(pipe), load_populations(pipe)
-    auditor = load_verifier(pipe, "auditor")
-    embed = EmbeddingCache(auditor, params["batch_size"])
-    spaces = attacker_spaces(pipe, params["attackers"])
+    splits, pops, auditor, embed, spaces = _game_pieces(pipe)
     heldout = pops.get("negative", splits["test"])
     rows = []
     cfg = ctx.config.to_dict()
