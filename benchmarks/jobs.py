@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/jobs.py            # 3 classifier seeds, 400 training patients, the recipe's epochs (~5 min)
     .venv/bin/python benchmarks/jobs.py --quick    # 2 seeds, 150 patients, 1 epoch (~20 s; start-up dominates)
+    .venv/bin/python benchmarks/jobs.py --denoiser 200   # 2 denoisers of the profile's preset, 200 steps each (~1 min)
 
 The jobs are what a utility row trains: ``stages.utility.fit_seed`` (the reference classifier
 recipe of ``--profile``, epochs replaced by ``--epochs``) on PhantomCXR at 32 px, one job per
@@ -11,7 +12,9 @@ wall clock:
 - rounds: ``jobs.run_jobs`` (``device.job_rounds``: single-threaded processes side by side, a
   last odd job on every thread).
 Printed: seconds of each and the ratio serial / rounds (> 1: side by side is faster), with the
-round layout. The predictions of both runs are compared (max |Δp|): the same seeds give the
+round layout. ``--denoiser N`` makes the jobs two trainings of the profile's denoiser (its
+network and training preset on random 32 px images with labels and embeddings, N steps): what
+``trichotomy reproduce`` gains by computing the pipeline's stages side by side (``schedule``). The predictions of both runs are compared (max |Δp|): the same seeds give the
 same classifier up to the floating-point order of another thread count. Nothing is asserted.
 """
 
@@ -34,6 +37,43 @@ from trichotomy_lib.jobs import run_jobs
 from trichotomy_lib.stages.utility import fit_seed
 
 
+def train_denoiser_job(preset: str, steps: int, seed: int, out: Path, progress: bool = True) -> float:
+    """Train the ``preset`` denoiser for ``steps`` steps on random data into ``out`` (a job of
+    ``run_jobs``); returns the training seconds."""
+    from trichotomy_lib.diffusion.network import Denoiser
+    from trichotomy_lib.diffusion.presets import network_preset, train_preset
+    from trichotomy_lib.diffusion.train import train_denoiser
+
+    gen = torch.Generator().manual_seed(seed)
+    x = 0.5 * torch.randn(1000, 1, 32, 32, generator=gen)
+    labels = (torch.rand(1000, 8, generator=gen) < 0.2).float()
+    embeddings = torch.randn(1000, 128, generator=gen)
+    torch.manual_seed(seed)
+    net = Denoiser(**{**network_preset(preset), "in_channels": 1, "sample_size": 32, "label_dim": 8, "embed_dim": 128})
+    start = time.perf_counter()
+    train_denoiser(net, x, out, {**train_preset(preset), "steps": steps, "guide_step": None}, labels, embeddings,
+                   seed=seed, progress=progress)
+    return time.perf_counter() - start
+
+
+def denoiser_main(profile: str, steps: int) -> None:
+    preset = yaml.safe_load(profile_path(profile).read_text())["diffusion"].get("preset", "default")
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = {name: [(preset, steps, i, Path(tmp) / name / str(i)) for i in range(2)] for name in ("serial", "rounds")}
+        start = time.perf_counter()
+        for job in jobs["serial"]:
+            train_denoiser_job(*job, progress=False)
+        serial = time.perf_counter() - start
+        start = time.perf_counter()
+        run_jobs(train_denoiser_job, jobs["rounds"], desc="rounds")
+        rounds = time.perf_counter() - start
+    print(f"2 denoisers of preset {preset!r}, {steps} steps each, torch threads {torch.get_num_threads()}")
+    print(f"round layout (jobs, threads per job; 0 = all): {job_rounds(2)}")
+    print(f"serial  {serial:7.1f} s")
+    print(f"rounds  {rounds:7.1f} s")
+    print(f"serial / rounds = {serial / rounds:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="default")
@@ -41,7 +81,11 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=400)
     ap.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--denoiser", type=int, default=None, metavar="STEPS",
+                    help="time two denoiser trainings of STEPS steps instead of classifier seeds")
     args = ap.parse_args()
+    if args.denoiser is not None:
+        return denoiser_main(args.profile, args.denoiser)
     if args.quick:
         args.seeds, args.patients, args.epochs = 2, 150, 1
     recipe = yaml.safe_load(profile_path(args.profile).read_text())["classifier"]

@@ -19,7 +19,15 @@ def _notebook(path, body):
 
 
 @pytest.fixture
-def project(tmp_path):
+def stages_first(monkeypatch):
+    """The configs ``reproduce`` computed the stages of before the notebooks (faked: 1.5 s)."""
+    calls = []
+    monkeypatch.setattr(reproduce, "_compute_stages", lambda cfg: calls.append(cfg) or 1.5)
+    return calls
+
+
+@pytest.fixture
+def project(tmp_path, stages_first):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     log = tmp_path / "log.txt"
@@ -31,10 +39,12 @@ def project(tmp_path):
     return notebooks, profile, log
 
 
-def test_runs_numbered_notebooks_in_order_with_profile_parameters(project, tmp_path):
+def test_runs_numbered_notebooks_in_order_with_profile_parameters(project, tmp_path, stages_first):
     notebooks, profile, log = project
     timings = reproduce.reproduce(str(profile), notebooks_dir=notebooks, data_root=str(tmp_path))
-    assert list(timings) == ["00_first", "01_second", "02_third"]
+    assert list(timings) == [reproduce.STAGES_TIMING, "00_first", "01_second", "02_third"]
+    assert timings[reproduce.STAGES_TIMING] == 1.5
+    assert [(c["seed"], c["data_root"]) for c in stages_first] == [(5, str(tmp_path))]  # the notebooks' config
     assert log.read_text().splitlines() == [f"{n} 5 {tmp_path}" for n in ("00_first", "01_second", "02_third")]
     executed = tmp_path / "runs" / "tiny" / "notebooks"
     assert sorted(p.name for p in executed.iterdir()) == ["00_first.ipynb", "01_second.ipynb", "02_third.ipynb"]
@@ -42,11 +52,14 @@ def test_runs_numbered_notebooks_in_order_with_profile_parameters(project, tmp_p
     assert set(saved) == set(timings)
 
 
-def test_only_and_from_select_notebooks(project):
+def test_only_and_from_select_notebooks(project, stages_first):
     notebooks, profile, log = project
     reproduce.reproduce(str(profile), only=["1"], notebooks_dir=notebooks)
     reproduce.reproduce(str(profile), start="01", notebooks_dir=notebooks)
     assert [line.split()[0] for line in log.read_text().splitlines()] == ["01_second", "01_second", "02_third"]
+    assert stages_first == []  # a partial run computes only what its notebooks ask for
+    timings = reproduce.reproduce(str(profile), notebooks_dir=notebooks, stages_first=False)
+    assert reproduce.STAGES_TIMING not in timings and stages_first == []
     with pytest.raises(ValueError, match="no notebook numbered '07'"):
         reproduce.select_notebooks(reproduce.list_notebooks(notebooks), only=["07"])
 

@@ -3,7 +3,7 @@
 Layers, bottom to top:
   0  leaf modules: seeds, io, device, jobs, releases, config, checks, checkpoint, results, plotting
   1  the library packages: data, encoders, diffusion, privacy, evaluation, export
-  2  pipeline (the cache; knows no stage)
+  2  pipeline (the cache; knows no stage), schedule (computes many stages at once)
   3  stages (stage functions and their loaders)
   4  analysis (tables for the notebooks), summary, reproduce, release_cli, notebook, cli
 """
@@ -21,7 +21,7 @@ LAYERS = {
     "seeds": 0, "io": 0, "device": 0, "releases": 0, "config": 0, "checks": 0, "checkpoint": 0, "results": 0,
     "plotting": 0, "jobs": 0,
     "data": 1, "encoders": 1, "diffusion": 1, "privacy": 1, "evaluation": 1, "export": 1,
-    "pipeline": 2,
+    "pipeline": 2, "schedule": 2,
     "stages": 3,
     "analysis": 4, "summary": 4, "reproduce": 4, "notebook": 4, "cli": 4, "release_cli": 4,
 }

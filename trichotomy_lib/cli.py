@@ -16,6 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--from", dest="start", metavar="NN", help="start at this notebook")
     rep.add_argument("--data-root", help="root directory of real image files (file-list datasets)")
     rep.add_argument("--out", help="run root (default: the profile's run_root, i.e. runs/)")
+    rep.add_argument("--stages-in-notebooks", dest="stages_first", action="store_false",
+                     help="compute each pipeline stage when a notebook first asks for it, in that notebook's process, "
+                          "instead of every stage first, side by side on the CPU's cores (the default for a whole run)")
 
     from .release_cli import add_parser
 

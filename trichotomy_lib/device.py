@@ -109,6 +109,18 @@ def cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def job_workers() -> int:
+    """How many independent jobs (or pipeline stages) run side by side: one per core on a CPU,
+    one on a GPU; ``TRICHOTOMY_WORKERS`` (an integer >= 1) caps it."""
+    workers = cpu_cores() if default_device().type == "cpu" else 1
+    forced = os.environ.get("TRICHOTOMY_WORKERS")
+    if forced:
+        if not forced.isdigit() or int(forced) < 1:
+            raise ValueError(f"TRICHOTOMY_WORKERS must be an integer >= 1, got {forced!r}")
+        workers = min(workers, int(forced))
+    return workers
+
+
 def job_rounds(n_jobs: int) -> list[tuple[int, int]]:
     """How ``n_jobs`` independent small trainings share the machine: ``[(jobs, threads), ...]``.
 
@@ -121,12 +133,7 @@ def job_rounds(n_jobs: int) -> list[tuple[int, int]]:
     """
     if n_jobs < 1:
         return []
-    workers = cpu_cores() if default_device().type == "cpu" else 1
-    forced = os.environ.get("TRICHOTOMY_WORKERS")
-    if forced:
-        if not forced.isdigit() or int(forced) < 1:
-            raise ValueError(f"TRICHOTOMY_WORKERS must be an integer >= 1, got {forced!r}")
-        workers = min(workers, int(forced))
+    workers = job_workers()
     rounds = []
     while n_jobs > 0:
         size = min(workers, n_jobs)

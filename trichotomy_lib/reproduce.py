@@ -4,10 +4,15 @@ Each notebook is executed with every parameter of the profile injected (exactly 
 ``papermill NN_x.ipynb out.ipynb -f notebooks/profiles/<profile>.yaml`` does), and the
 executed copy is written to ``<run_root>/<profile>/notebooks/``. Wall time per notebook goes
 to ``<run_root>/<profile>/results/timings.json``.
+
+A whole reproduction (no ``--only``, no ``--from``) first computes every pipeline stage the
+notebooks read, independent stages side by side on the CPU's cores (``schedule``), and the
+notebooks then read them from the cache; ``timings.json`` holds that step's seconds too.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -15,8 +20,11 @@ from pathlib import Path
 
 from . import config as config_mod
 from .io import atomic_write_json
+from .schedule import StageFailed
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.+\.ipynb$")
+# timings.json's entry for the stages computed before the notebooks (its name sorts first)
+STAGES_TIMING = "00 pipeline stages (side by side)"
 
 
 class NotebookFailed(RuntimeError):
@@ -59,8 +67,14 @@ def reproduce(
     data_root: str | None = None,
     out: str | None = None,
     notebooks_dir: Path | None = None,
+    stages_first: bool = True,
 ) -> dict[str, float]:
-    """Run the selected notebooks; returns {notebook name: seconds}. Raises NotebookFailed."""
+    """Run the selected notebooks; returns {notebook name: seconds}. Raises NotebookFailed
+    (or StageFailed).
+
+    ``stages_first``: for a whole run (no ``only``, no ``start``), compute every stage the
+    notebooks read before them, side by side (``schedule``); its seconds are the
+    ``STAGES_TIMING`` entry. False: each notebook computes what it asks for, in its own process."""
     import papermill
     from tqdm.auto import tqdm
 
@@ -77,6 +91,9 @@ def reproduce(
 
     notebooks = select_notebooks(list_notebooks(notebooks_dir), only, start)
     timings: dict[str, float] = {}
+    if stages_first and only is None and start is None:
+        timings[STAGES_TIMING] = _compute_stages(cfg)
+        _write_timings(timings_path, timings)
     bar = tqdm(notebooks, desc=f"reproduce[{cfg['profile']}]", unit="notebook")
     for notebook in bar:
         bar.set_postfix_str(notebook.name)
@@ -94,20 +111,37 @@ def reproduce(
         except papermill.PapermillExecutionError as err:
             raise NotebookFailed(_failure_message(notebook, output, err)) from None
         timings[notebook.stem] = round(time.perf_counter() - begin, 1)
-        previous = {}
-        if timings_path.exists():
-            import json
-
-            previous = json.loads(timings_path.read_text())
-        atomic_write_json(timings_path, previous | timings)
+        _write_timings(timings_path, timings)
     return timings
+
+
+def _write_timings(path: Path, timings: dict[str, float]) -> None:
+    """Merge ``timings`` into ``path`` (a rerun of some notebooks keeps the others' seconds)."""
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    atomic_write_json(path, previous | timings)
+
+
+def _compute_stages(cfg: dict) -> float:
+    """Compute every stage the notebooks read, side by side (``schedule.compute_stages``); seconds."""
+    from . import stages
+    from .pipeline import Pipeline
+    from .schedule import compute_stages
+
+    begin = time.perf_counter()
+    pipe = Pipeline(cfg)
+    compute_stages(pipe, stages.reproduction_stages(pipe.cfg), desc=f"stages[{cfg['profile']}]")
+    return round(time.perf_counter() - begin, 1)
 
 
 def main_reproduce(args) -> int:
     try:
-        timings = reproduce(args.profile, args.only, args.start, args.data_root, args.out)
+        timings = reproduce(args.profile, args.only, args.start, args.data_root, args.out,
+                            stages_first=getattr(args, "stages_first", True))
     except NotebookFailed as err:
         print(f"\ntrichotomy reproduce FAILED in {err}", file=sys.stderr)
+        return 1
+    except StageFailed as err:
+        print(f"\ntrichotomy reproduce FAILED: {err}", file=sys.stderr)
         return 1
     except (config_mod.ConfigError, ValueError) as err:
         print(f"trichotomy reproduce: {err}", file=sys.stderr)
