@@ -13,9 +13,11 @@ wall clock:
   last odd job on every thread).
 Printed: seconds of each and the ratio serial / rounds (> 1: side by side is faster), with the
 round layout. ``--denoiser N`` makes the jobs two trainings of the profile's denoiser (its
-network and training preset on random 32 px images with labels and embeddings, N steps): what
+network and training preset on random 32 px images with labels and embeddings, N steps; ``--seeds``,
+``--patients``, ``--epochs`` and ``--quick`` are the classifier's and do not apply): what
 ``trichotomy reproduce`` gains by computing the pipeline's stages side by side (``schedule``). The predictions of both runs are compared (max |Δp|): the same seeds give the
-same classifier up to the floating-point order of another thread count. Nothing is asserted.
+same classifier up to the floating-point order of another thread count (classifier seeds
+only). Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -56,22 +58,32 @@ def train_denoiser_job(preset: str, steps: int, seed: int, out: Path, progress: 
     return time.perf_counter() - start
 
 
+def serial_and_rounds(fn, jobs: dict) -> tuple[float, float]:
+    """Seconds of ``jobs["serial"]`` one after another in this process and of ``jobs["rounds"]``
+    through ``run_jobs``."""
+    start = time.perf_counter()
+    for job in jobs["serial"]:
+        fn(*job, progress=False)
+    serial = time.perf_counter() - start
+    start = time.perf_counter()
+    run_jobs(fn, jobs["rounds"], desc="rounds")
+    return serial, time.perf_counter() - start
+
+
+def report(serial: float, rounds: float, n_jobs: int) -> None:
+    print(f"round layout (jobs, threads per job; 0 = all): {job_rounds(n_jobs)}")
+    print(f"serial  {serial:7.1f} s")
+    print(f"rounds  {rounds:7.1f} s")
+    print(f"serial / rounds = {serial / rounds:.2f}")
+
+
 def denoiser_main(profile: str, steps: int) -> None:
     preset = yaml.safe_load(profile_path(profile).read_text())["diffusion"].get("preset", "default")
     with tempfile.TemporaryDirectory() as tmp:
         jobs = {name: [(preset, steps, i, Path(tmp) / name / str(i)) for i in range(2)] for name in ("serial", "rounds")}
-        start = time.perf_counter()
-        for job in jobs["serial"]:
-            train_denoiser_job(*job, progress=False)
-        serial = time.perf_counter() - start
-        start = time.perf_counter()
-        run_jobs(train_denoiser_job, jobs["rounds"], desc="rounds")
-        rounds = time.perf_counter() - start
+        serial, rounds = serial_and_rounds(train_denoiser_job, jobs)
     print(f"2 denoisers of preset {preset!r}, {steps} steps each, torch threads {torch.get_num_threads()}")
-    print(f"round layout (jobs, threads per job; 0 = all): {job_rounds(2)}")
-    print(f"serial  {serial:7.1f} s")
-    print(f"rounds  {rounds:7.1f} s")
-    print(f"serial / rounds = {serial / rounds:.2f}")
+    report(serial, rounds, 2)
 
 
 def main() -> None:
@@ -97,21 +109,12 @@ def main() -> None:
         root = Path(tmp)
         jobs = {name: [(train, val, test, recipe, 1000 + i, root / name / str(i)) for i in range(args.seeds)]
                 for name in ("serial", "rounds")}
-        start = time.perf_counter()
-        for job in jobs["serial"]:
-            fit_seed(*job, progress=False)
-        serial = time.perf_counter() - start
-        start = time.perf_counter()
-        run_jobs(fit_seed, jobs["rounds"], desc="rounds")
-        rounds = time.perf_counter() - start
+        serial, rounds = serial_and_rounds(fit_seed, jobs)
         diff = max(float(np.abs(np.load(a[-1] / "test_probs.npy") - np.load(b[-1] / "test_probs.npy")).max())
                    for a, b in zip(jobs["serial"], jobs["rounds"]))
     print(f"{args.seeds} classifier seeds, {len(train)} training images, {recipe['epochs']} epochs, "
           f"torch threads {torch.get_num_threads()}")
-    print(f"round layout (jobs, threads per job; 0 = all): {job_rounds(args.seeds)}")
-    print(f"serial  {serial:7.1f} s")
-    print(f"rounds  {rounds:7.1f} s")
-    print(f"serial / rounds = {serial / rounds:.2f}")
+    report(serial, rounds, args.seeds)
     print(f"max |Δ prediction| between the two runs of the same seeds: {diff:.2e}")
 
 

@@ -83,3 +83,50 @@ def test_bad_profile_exits_2_with_message(capsys):
 def test_builtin_notebooks_are_numbered_and_unique():
     numbers = [p.name[:2] for p in reproduce.list_notebooks()]
     assert numbers and numbers == sorted(set(numbers))
+
+
+def test_stages_in_notebooks_flag_and_a_failing_stage_exit_1(project, capsys, monkeypatch):
+    from trichotomy_lib.schedule import StageFailed
+
+    notebooks, profile, log = project
+    assert cli.build_parser().parse_args(["reproduce"]).stages_first is True
+    assert cli.build_parser().parse_args(["reproduce", "--stages-in-notebooks"]).stages_first is False
+
+    def fail(cfg):
+        raise StageFailed("stage 'diffusion' raised ValueError: broken on purpose")
+
+    monkeypatch.setattr(reproduce, "_compute_stages", fail)
+    monkeypatch.setattr(reproduce, "list_notebooks", lambda _=None: sorted(notebooks.glob("0*.ipynb")))
+    assert cli.main(["reproduce", "--profile", str(profile)]) == 1
+    assert "stage 'diffusion' raised ValueError: broken on purpose" in capsys.readouterr().err
+    assert not log.exists()  # no notebook ran
+    assert cli.main(["reproduce", "--profile", str(profile), "--stages-in-notebooks"]) == 0
+    assert len(log.read_text().splitlines()) == 3
+
+
+def test_a_whole_run_starts_timings_afresh(project, tmp_path):
+    notebooks, profile, log = project
+    timings_path = tmp_path / "runs" / "tiny" / "results" / "timings.json"
+    reproduce.reproduce(str(profile), notebooks_dir=notebooks)
+    reproduce.reproduce(str(profile), notebooks_dir=notebooks, stages_first=False)
+    assert reproduce.STAGES_TIMING not in json.loads(timings_path.read_text())  # not counted twice
+    reproduce.reproduce(str(profile), notebooks_dir=notebooks)
+    reproduce.reproduce(str(profile), only=["1"], notebooks_dir=notebooks)
+    assert reproduce.STAGES_TIMING in json.loads(timings_path.read_text())  # a partial run keeps the rest
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default"])
+def test_stages_computed_first_are_the_ones_the_notebooks_read(profile, tmp_path):
+    """The config ``reproduce`` computes the stages with gives every stage the key the notebooks'
+    own config (papermill's parameters) gives it: nothing is computed twice."""
+    from trichotomy_lib import stages
+    from trichotomy_lib.pipeline import Pipeline
+
+    params = config.load_profile(profile)
+    first = Pipeline(config.resolve(profile, params), run_dir=tmp_path, verbose=False)
+    notebook_params = json.loads(json.dumps(params))  # papermill passes the parameters as JSON
+    in_notebook = Pipeline(config.from_notebook({**{k: None for k in config.TOP_LEVEL_KEYS}, **notebook_params}),
+                           run_dir=tmp_path, verbose=False)
+    names = stages.reproduction_stages(first.cfg)
+    assert names == stages.reproduction_stages(in_notebook.cfg)
+    assert [first.key(n) for n in names] == [in_notebook.key(n) for n in names]

@@ -5,7 +5,7 @@ Each notebook is executed with every parameter of the profile injected (exactly 
 executed copy is written to ``<run_root>/<profile>/notebooks/``. Wall time per notebook goes
 to ``<run_root>/<profile>/results/timings.json``.
 
-A whole reproduction (no ``--only``, no ``--from``) first computes every pipeline stage the
+A whole reproduction (every notebook) first computes every pipeline stage the
 notebooks read, independent stages side by side on the CPU's cores (``schedule``), and the
 notebooks then read them from the cache; ``timings.json`` holds that step's seconds too.
 """
@@ -72,7 +72,7 @@ def reproduce(
     """Run the selected notebooks; returns {notebook name: seconds}. Raises NotebookFailed
     (or StageFailed).
 
-    ``stages_first``: for a whole run (no ``only``, no ``start``), compute every stage the
+    ``stages_first``: for a whole run (every notebook selected), compute every stage the
     notebooks read before them, side by side (``schedule``); its seconds are the
     ``STAGES_TIMING`` entry. False: each notebook computes what it asks for, in its own process."""
     import papermill
@@ -89,9 +89,13 @@ def reproduce(
     executed_dir.mkdir(parents=True, exist_ok=True)
     timings_path = run_dir / "results" / "timings.json"
 
-    notebooks = select_notebooks(list_notebooks(notebooks_dir), only, start)
+    every = list_notebooks(notebooks_dir)
+    notebooks = select_notebooks(every, only, start)
+    whole = notebooks == every   # a whole run starts timings.json afresh; a partial one updates its notebooks
+    if whole and timings_path.exists():
+        timings_path.unlink()
     timings: dict[str, float] = {}
-    if stages_first and only is None and start is None:
+    if stages_first and whole:
         timings[STAGES_TIMING] = _compute_stages(cfg)
         _write_timings(timings_path, timings)
     bar = tqdm(notebooks, desc=f"reproduce[{cfg['profile']}]", unit="notebook")
