@@ -98,3 +98,21 @@ def test_compare_headline_flags_numbers_outside_the_committed_interval(tmp_path)
     path.write_text('{"profile": "default", "numbers": {"a": {"value": 1}}}')
     with pytest.raises(ValueError, match="headline.json"):
         read_headline(path)
+
+
+def test_stage_seconds_sum_per_notebook_with_the_longest_stage(tmp_path):
+    from trichotomy_lib import stages  # noqa: F401  (registers the stages)
+    from trichotomy_lib.pipeline import Pipeline
+
+    cfg, nbdir = make_cfg(tmp_path), notebook(tmp_path)
+    assert len(summary.stage_seconds_table(cfg, nbdir)) == 0  # nothing cached yet
+    pipe = Pipeline(cfg, verbose=False)
+    for name, seconds in (("utility_real", 60.0), ("utility_edm_class", 90.5), ("data", 12.0)):
+        pipe.path(name).mkdir(parents=True)
+        (pipe.path(name) / "config.json").write_text(json.dumps({"seconds": seconds}))
+    table = summary.stage_seconds_table(cfg, nbdir)
+    assert table.loc["07_utility", "seconds"] == 150.5 and table.loc["07_utility", "stages"] == 2
+    assert table.loc["07_utility", "longest stage"] == "utility_edm_class (90 s)"
+    assert table.loc["00_?", "seconds"] == 12.0           # 00 not in this notebooks dir
+    assert table.loc["total", "seconds"] == 162.5 and table.loc["total", "stages"] == 3
+    assert "| 07_utility | 2 | 150.5 | utility_edm_class (90 s) | 2.5 |" in summary.results_markdown(cfg, tmp_path, nbdir)

@@ -32,7 +32,7 @@ from .io import atomic_write_json, atomic_write_text
 from .releases import RELEASES, label
 
 __all__ = ["START", "END", "replace_between_markers", "notebook_outputs", "stage_index", "artifact_index",
-           "timings_table", "results_markdown", "readme_target", "write_readme_results"]
+           "timings_table", "stage_seconds_table", "results_markdown", "readme_target", "write_readme_results"]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -121,6 +121,25 @@ def stage_index(cfg: dict, notebooks_dir: Path | None = None) -> pd.DataFrame:
                      "cached": bool(conf), "artifacts": f"{path.parent.name}/{path.name}",
                      "key": pipe.key(name), "seconds": conf.get("seconds")})
     return pd.DataFrame(rows).set_index("stage")
+
+
+def stage_seconds_table(cfg: dict, notebooks_dir: Path | None = None) -> pd.DataFrame:
+    """Where the stages' time goes: the cached stages' own seconds (each stage's wall time where
+    it ran), summed per notebook that shows them, with the notebook's longest stage, + total.
+    Stages computed side by side (``schedule``) sum to more than the wall time that computed them."""
+    idx = stage_index(cfg, notebooks_dir)
+    idx = idx[idx["cached"] & idx["seconds"].notna()]
+    rows = {}
+    for notebook, group in idx.groupby("notebook", sort=True):
+        longest = group["seconds"].astype(float).idxmax()
+        rows[notebook] = {"stages": len(group), "seconds": float(group["seconds"].sum()),
+                          "longest stage": f"{longest} ({float(group.loc[longest, 'seconds']):.0f} s)"}
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=["stages", "seconds", "longest stage"])
+    if len(df):
+        df.loc["total"] = {"stages": int(df["stages"].sum()), "seconds": df["seconds"].sum(), "longest stage": ""}
+    df["minutes"] = df["seconds"] / 60
+    df.index.name = "notebook"
+    return df
 
 
 def artifact_index(cfg: dict, notebooks_dir: Path | None = None) -> pd.DataFrame:
@@ -279,6 +298,13 @@ def results_markdown(cfg: dict, base_dir: Path, notebooks_dir: Path | None = Non
         parts.append(to_markdown(timings, ".1f").strip())
     else:
         parts.append("_No `results/timings.json` yet (run `trichotomy reproduce`)._")
+    own = stage_seconds_table(cfg, notebooks_dir)
+    if len(own):
+        from .results import to_markdown
+
+        parts += ["", "The pipeline stages' own seconds, by the notebook that shows them (each stage's wall time "
+                  "where it ran; stages computed side by side add up to more than the time that computed them):",
+                  "", to_markdown(own, ".1f").strip()]
     index = artifact_index(cfg, notebooks_dir)
     parts += ["", "<details><summary>Every table and figure, with the notebook and pipeline stages that produced it"
               "</summary>", ""]
