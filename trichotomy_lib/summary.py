@@ -37,7 +37,7 @@ __all__ = ["START", "END", "replace_between_markers", "notebook_outputs", "stage
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Stage module (trichotomy_lib/stages/<module>.py) → notebook number that presents its stages.
-STAGE_MODULE_NOTEBOOK = {"data": "00", "reid": "01", "classifier": "02", "encoder": "03", "diffusion": "04",
+STAGE_MODULE_NOTEBOOK = {"data": "00", "reid": "01", "populations": "06", "classifier": "02", "encoder": "03", "diffusion": "04",
                          "generate": "05", "privacy": "06", "utility": "07", "fidelity": "07", "sweep": "08"}
 
 # What the README shows, in order: (heading, table name in figures_dir, results notebook).
