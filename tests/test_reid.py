@@ -377,23 +377,24 @@ def test_retrieval_loss_is_supervised_contrastive_on_the_head():
     who = np.array(["a", "b", "a", "c", "a"])
     got = retrieval_loss(model, e, who)
     w, b = model.head.weight.detach()[0], float(model.head.bias.detach()[0])
-    s = [[float((e[i] - e[j]).abs() @ w + b) for j in range(5)] for i in range(5)]
+    d = e.detach()
+    s = [[float((d[i] - d[j]).abs() @ w + b) for j in range(5)] for i in range(5)]
     want = []
     for i in (0, 2, 4):                                   # the images whose patient has another image here
         others = [j for j in range(5) if j != i]
         pos = [j for j in others if who[j] == who[i]]
         want.append(-np.log(sum(np.exp(s[i][j]) for j in pos) / sum(np.exp(s[i][j]) for j in others)))
-    assert float(got) == pytest.approx(float(np.mean(want)), rel=1e-5)
+    assert float(got.detach()) == pytest.approx(float(np.mean(want)), rel=1e-5)
     got.backward()
     assert e.grad.abs().sum() > 0
     # ranking the own patient first lowers it: pull the positives together
     close = e.detach().clone()
     close[[2, 4]] = close[0].clone()
-    assert float(retrieval_loss(model, close, who)) < float(got)
+    assert float(retrieval_loss(model, close, who).detach()) < float(got.detach())
     # a batch of singletons has no positive: 0, still differentiable
     lone = torch.rand(3, 16, requires_grad=True)
     zero = retrieval_loss(model, lone, ["a", "b", "c"])
-    assert float(zero) == 0.0 and zero.requires_grad
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
     with pytest.raises(ValueError, match="3 embeddings for 2 patient ids"):
         retrieval_loss(model, lone, ["a", "b"])
 
