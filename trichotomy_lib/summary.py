@@ -30,6 +30,7 @@ from .analysis.privacy import VETO_RULE
 from .analysis.utility import GENERATOR_BUDGET, LABEL_GUIDANCE, UTILITY_GAP
 from .io import atomic_write_json, atomic_write_text
 from .releases import RELEASES, label
+from .results import to_markdown
 
 __all__ = ["START", "END", "replace_between_markers", "notebook_outputs", "stage_index", "artifact_index",
            "timings_table", "stage_seconds_table", "results_markdown", "readme_target", "write_readme_results"]
@@ -37,8 +38,9 @@ __all__ = ["START", "END", "replace_between_markers", "notebook_outputs", "stage
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Stage module (trichotomy_lib/stages/<module>.py) → notebook number that presents its stages.
-STAGE_MODULE_NOTEBOOK = {"data": "00", "reid": "01", "populations": "06", "classifier": "02", "encoder": "03", "diffusion": "04",
-                         "generate": "05", "privacy": "06", "utility": "07", "fidelity": "07", "sweep": "08"}
+STAGE_MODULE_NOTEBOOK = {"data": "00", "reid": "01", "classifier": "02", "encoder": "03", "diffusion": "04",
+                         "generate": "05", "populations": "06", "privacy": "06", "utility": "07", "fidelity": "07",
+                         "sweep": "08"}
 
 # What the README shows, in order: (heading, table name in figures_dir, results notebook).
 README_TABLES = [
@@ -293,15 +295,11 @@ def results_markdown(cfg: dict, base_dir: Path, notebooks_dir: Path | None = Non
     timings = timings_table(cfg)
     parts += ["", "### Run time per notebook (`trichotomy reproduce`)", ""]
     if len(timings):
-        from .results import to_markdown
-
         parts.append(to_markdown(timings, ".1f").strip())
     else:
         parts.append("_No `results/timings.json` yet (run `trichotomy reproduce`)._")
     own = stage_seconds_table(cfg, notebooks_dir)
     if len(own):
-        from .results import to_markdown
-
         parts += ["", "The pipeline stages' own seconds, by the notebook that shows them (each stage's wall time "
                   "where it ran; stages computed side by side add up to more than the time that computed them):",
                   "", to_markdown(own, ".1f").strip()]
@@ -309,8 +307,6 @@ def results_markdown(cfg: dict, base_dir: Path, notebooks_dir: Path | None = Non
     parts += ["", "<details><summary>Every table and figure, with the notebook and pipeline stages that produced it"
               "</summary>", ""]
     if len(index):
-        from .results import to_markdown
-
         parts.append(to_markdown(index).strip())
     else:
         parts.append("_No figures yet._")
