@@ -14,7 +14,7 @@ from trichotomy_lib.privacy import sample_filter as flt
 from trichotomy_lib.privacy.attack import attack_release, strongest_attacker
 from trichotomy_lib.privacy.audit import pixel_features
 from trichotomy_lib.privacy.controls import negative_control_release, positive_control_release
-from trichotomy_lib.privacy.copy_veto import CopyVeto, leave_patient_out_distances
+from trichotomy_lib.privacy.copy_veto import CopyVeto, VerdictSpace, leave_patient_out_distances
 from trichotomy_lib.privacy.leaks import blurred, noised, random_sources, shifted
 from trichotomy_lib.privacy.reliability import planted_candidates, veto_reliability
 
@@ -348,3 +348,34 @@ def test_noisy_conditions_keep_the_norm_and_blur_with_sigma():
         assert np.array_equal(c[:5], noisy_conditions(e[:5], sigma, 1))   # one stream per source: subset-stable
         cos.append(float(np.mean(np.sum(c * e, axis=1)) / 16))
     assert cos[0] > cos[1] > cos[2] > 0
+
+
+def test_identity_veto_flags_any_training_patient_the_verifier_recognises_and_passes_unseen_patients(world):
+    """Rule (1) in the verdict space (2): −log P(same) to the best-matching training image."""
+    train, heldout = world["train"], make_population("un", 200, 9)
+    verifier = OracleVerifier([train, heldout])
+    space = VerdictSpace(verifier)
+    veto = CopyVeto({"defender": space}, train.tensor(), train.patient_ids, quantile=0.05)
+    own = float(torch.nn.functional.softplus(-torch.tensor(1.0)))  # a scan of the same patient: logit = bias 1
+    lpo = veto.leave_patient_out["defender"]
+    assert lpo.shape == (len(train),) and lpo.min() > own + 1       # never the own patient's other scans
+    assert (veto.ratio(noised(train, 0.01, 0)[0].tensor()) < 1).mean() > 0.95   # new scans of training patients
+    assert (veto.ratio(heldout.tensor()) >= 1).mean() > 0.75                   # patients never trained on
+    e = space.features(heldout.tensor())
+    exact = torch.nn.functional.softplus(-verifier.score_matrix(e, veto.train["defender"]).max(1).values.double())
+    np.testing.assert_allclose(veto.distances(heldout.tensor())["defender"], exact.numpy(), rtol=1e-6)
+
+
+def test_copy_veto_quantiles_per_space():
+    train = make_population("tr", 30, 5)
+    pixels = lambda x: x.flatten(1)  # noqa: E731
+    both = CopyVeto({"pixels": pixels, "defender": VerdictSpace(OracleVerifier([train]))}, train.tensor(),
+                    train.patient_ids, quantile={"pixels": 0.05, "defender": 0.2})
+    for name, q in (("pixels", 0.05), ("defender", 0.2)):
+        assert both.thresholds[name] == pytest.approx(np.quantile(both.leave_patient_out[name], q))
+    with pytest.raises(ValueError, match="quantiles given"):
+        CopyVeto({"pixels": pixels}, train.tensor(), train.patient_ids, quantile={"defender": 0.1})
+    with pytest.raises(ValueError, match="'defender' must be in"):
+        CopyVeto({"defender": VerdictSpace(OracleVerifier([train]))}, train.tensor(), train.patient_ids, quantile=0.6)
+    with pytest.raises(ValueError, match="identity_quantile"):
+        flt.check_filter_params({"identity_quantile": 0.7})

@@ -211,7 +211,7 @@ def privacy_copy_veto_lever(pipe: Pipeline, quantiles=(0.05, 0.1, 0.2, 0.3)) -> 
     params = pipe.cfg["privacy"]
     auditor = load_verifier(pipe, "auditor")
     embed, attackers = EmbeddingCache(auditor, params["batch_size"]), attacker_spaces(pipe, params["attackers"])
-    veto = copy_veto(pipe, train, min(quantiles))
+    veto = copy_veto(pipe, train, min(quantiles), identity=False)
     dist = veto.distances(release.tensor())
     rows = []
     for q in quantiles:

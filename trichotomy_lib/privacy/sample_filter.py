@@ -9,7 +9,9 @@ s's embedding (DiADM pseudo-conditioning). Each candidate c is judged twice:
    the source image only and adds the two scores, so a flagged candidate can win.) With a
    ``copy_fn`` (``copy_veto.CopyVeto.ratio``), a candidate closer to some training image, in
    pixels or in the conditioning encoder's space, than real images come to other patients
-   (``copy_ratio < 1``) is flagged too: it is a near-copy whatever the verifier says.
+   (``copy_ratio < 1``) is flagged too: it is a near-copy whatever the verifier says; and, with
+   ``identity_quantile``, so is one a defender matches with *any* training patient more surely
+   than real images are matched with other patients (the same rule in the verdict's space).
 2. **Utility, among the survivors.** The reference classifier's label consistency
    BCE(s, c) = −(1/8) Σ_k [ŷ_k(s) log ŷ_k(c) + (1 − ŷ_k(s)) log(1 − ŷ_k(c))]
    (``evaluation.classifier.consistency.label_consistency``), with ŷ(s) the classifier's output
@@ -103,6 +105,10 @@ FILTER_DEFAULTS: dict = {
                              #   seeds, each at its own threshold; any one flags → vetoed (``committee_defender_fn``), >= 1
     "copy_quantile": None,   # near-copy veto (copy_veto.py): q in (0, 0.5) of leave-patient-out NN distances; None: off
     "copy_spaces": ["pixels", "encoder"],  # the spaces of the near-copy veto
+    "identity_quantile": None,  # identity veto (copy_veto.py, rule (1) in the verdict space (2) of every defender of
+                             #   the committee): a candidate a defender matches with SOME training patient more surely
+                             #   than this share q of training images are matched with another patient's, q in
+                             #   (0, 0.5); None: off (the defenders then compare with the source's patient only)
     "consistency": "prediction",  # the target of label consistency: "prediction" (the classifier's output on
                              #   the source image, the paper) or "labels" (the source's labels, which the release
                              #   carries; the source image's own appearance then plays no part in the choice)
@@ -139,6 +145,8 @@ def check_filter_params(params: dict | None) -> dict:
                          f"stops drawing at {p['min_survivors']} survivor(s), so it could never keep {p['keep']}")
     if p["copy_quantile"] is not None and not 0 < p["copy_quantile"] < 0.5:
         raise ValueError(f"filter.copy_quantile must be null or in (0, 0.5), got {p['copy_quantile']}")
+    if p["identity_quantile"] is not None and not 0 < p["identity_quantile"] < 0.5:
+        raise ValueError(f"filter.identity_quantile must be null or in (0, 0.5), got {p['identity_quantile']}")
     spaces = list(p["copy_spaces"] or [])
     if not spaces or any(s not in COPY_SPACES for s in spaces) or len(set(spaces)) != len(spaces):
         raise ValueError(f"filter.copy_spaces must be distinct names from {COPY_SPACES}, got {p['copy_spaces']!r}")
@@ -266,7 +274,7 @@ def filter_sources(sources, sample_fn: Callable, defender_fn: Callable, classifi
                                   "copy_ratio": float(ratio[n]), "flagged": flagged, "bce": float(bce[n])}
             if flagged:  # hard constraint: a flagged candidate is never released
                 why = ([f"defender P(same patient)={prob[n]:.3f} >= {p['threshold']}"] if same else []) + \
-                      ([f"near-copy of a training image (copy ratio {ratio[n]:.2f} < 1)"] if copy else [])
+                      ([f"near-copy of a training image or patient (copy ratio {ratio[n]:.2f} < 1)"] if copy else [])
                 row |= {"decision": "flagged", "reason": "; ".join(why)}
             else:
                 st.survivors.append((float(bce[n]), int(job_j[n]), len(rows), images[n]))

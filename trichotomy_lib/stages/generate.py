@@ -31,7 +31,7 @@ from ..device import default_device, resolve_precision
 from ..diffusion.conditional import conditional_sampler
 from ..io import atomic_path, atomic_write_json
 from ..pipeline import Pipeline, StageContext, stage
-from ..privacy.copy_veto import CopyVeto, pixel_space
+from ..privacy.copy_veto import CopyVeto, VerdictSpace, pixel_space
 from ..privacy.generation import (DIADM_STREAM, EDM_CLASS_STREAM, generate_config, noisy_conditions,
                                   reuse_first_candidate, source_indices)
 from ..privacy.release import load_audit_dir, load_release_dir, make_release, save_release
@@ -100,7 +100,7 @@ class FilterModels:
     defender_fn: Callable
     classifier_fn: Callable
     source_probs: np.ndarray    # the sources' consistency targets (filter.consistency)
-    copy_veto: CopyVeto | None  # None when filter.copy_quantile is null
+    copy_veto: CopyVeto | None  # None when filter.copy_quantile and filter.identity_quantile are null
     threshold: float            # the veto threshold in use (filter.threshold, or from veto_recall; a committee's
                                 #   is its first defender's: ``committee_defender_fn``)
     params: dict                # the filter parameters with that threshold
@@ -141,18 +141,28 @@ def committee_veto(pipe: Pipeline, train: ImageSet) -> tuple[Callable, float, tu
     return fn, threshold, tuple(t for _, t in members)
 
 
-def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None) -> CopyVeto | None:
-    """The near-copy rule in the profile's ``filter.copy_spaces``, at ``quantile`` (default the
-    profile's ``filter.copy_quantile``; None when that is null and no quantile is given)."""
+def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None, identity: bool = True) -> CopyVeto | None:
+    """The near-copy rule in the profile's ``filter.copy_spaces`` at ``quantile`` (default the
+    profile's ``filter.copy_quantile``), and, with ``identity`` and ``filter.identity_quantile`` set,
+    the identity rule in the verdict space of every defender of the ``committee`` (spaces
+    ``defender``, ``defender_2``, …). None when neither rule is on."""
     f = pipe.cfg["generate"]["filter"]
     quantile = f["copy_quantile"] if quantile is None else quantile
-    if quantile is None:
+    spaces, quantiles = {}, {}
+    if quantile is not None:
+        named = {"pixels": pixel_space()}
+        if "encoder" in f["copy_spaces"]:
+            encoder = load_encoder(pipe)
+            named["encoder"] = lambda x: encoder.embed(x)
+        spaces.update({s: named[s] for s in f["copy_spaces"]})
+        quantiles.update({s: quantile for s in f["copy_spaces"]})
+    if identity and f["identity_quantile"] is not None:
+        for i, verifier in enumerate(committee(pipe)):
+            name = "defender" if i == 0 else f"defender_{i + 1}"
+            spaces[name], quantiles[name] = VerdictSpace(verifier), f["identity_quantile"]
+    if not spaces:
         return None
-    spaces = {"pixels": pixel_space()}
-    if "encoder" in f["copy_spaces"]:
-        encoder = load_encoder(pipe)
-        spaces["encoder"] = lambda x: encoder.embed(x)
-    return CopyVeto({s: spaces[s] for s in f["copy_spaces"]}, train.tensor(), train.patient_ids, quantile)
+    return CopyVeto(spaces, train.tensor(), train.patient_ids, quantiles)
 
 
 def filter_models(pipe: Pipeline, train: ImageSet, progress: bool = False, solver=None, steps=None) -> FilterModels:

@@ -1,0 +1,119 @@
+"""Choosing the identity veto's quantile on data the final audit never sees.
+
+The defender vetoes a candidate that it matches with its *source's* patient. A pseudo-conditioned
+sample can still take the identity of a neighbour of its source (the condition is noised), and
+an attacker's verdict predicate then singles that other training patient out: in the committed
+audit the auditor's verdict isolates training patients more often than control patients on the
+filtered release (risk ≈ 0.03) while it never isolates the source. The identity veto
+(``generate.filter.identity_quantile``, ``copy_veto.VerdictSpace``) vetoes a candidate that any
+defender of the committee matches with *some* training patient more surely than a share q of
+training images are matched with another patient's.
+
+The other vetoes do not depend on q, so the 4-survivor release (every survivor, up to 4 per
+source) is the pool: for each q this script drops the pool's candidates the identity rule vetoes,
+re-picks each source's most label-consistent survivor (as the filter picks), and measures
+
+* every attacker's singling-out risk, on ``--draws`` pairs of **calibration populations** — fresh
+  PhantomCXR patients from their own seed streams, in neither the control nor the weight
+  population of the final audit (notebook 06) — as mean over draws and the worst draw's
+  corrected upper bound;
+* the mean AUROC on the real **val** split of the reference classifier recipe trained on it
+  (``--seeds`` classifier seeds; the test split stays for notebook 07);
+* the share of the pool the rule passes (the filter redraws what it vetoes, so this is its cost
+  in candidates, not in sources).
+
+    python benchmarks/identity_veto.py --profile default      # ~5 min on 2 cores
+
+Run it after ``trichotomy reproduce --profile default`` with ``identity_quantile: null`` (it reads
+the pipeline's cache; with the rule on, the pool has already passed it).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+
+import trichotomy_lib.stages  # noqa: F401  (registers the stages)
+from trichotomy_lib import config, seeds
+from trichotomy_lib.evaluation.classifier.consistency import label_consistency
+from trichotomy_lib.evaluation.stats import auroc_table
+from trichotomy_lib.evaluation.utility import train_and_predict
+from trichotomy_lib.pipeline import Pipeline
+from trichotomy_lib.privacy.attack import attack_release
+from trichotomy_lib.privacy.audit import EmbeddingCache
+from trichotomy_lib.privacy.controls import control_population
+from trichotomy_lib.privacy.copy_veto import CopyVeto, VerdictSpace
+from trichotomy_lib.privacy.pso import ATTACKER_LABELS
+from trichotomy_lib.privacy.release import make_release
+from trichotomy_lib.results import to_markdown
+from trichotomy_lib.stages.classifier import load_classifier
+from trichotomy_lib.stages.data import load_splits
+from trichotomy_lib.stages.generate import committee, load_release
+from trichotomy_lib.stages.privacy import attacker_spaces
+from trichotomy_lib.stages.reid import load_verifier
+from trichotomy_lib.stages.utility import classifier_recipe
+
+from filter_consistency import rank_per_source
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--quantiles", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3],
+                    help="identity-veto quantiles q to try, each in (0, 0.5) (default 0.05 0.1 0.2 0.3)")
+    ap.add_argument("--draws", type=int, default=4, help="calibration population pairs (default 4)")
+    ap.add_argument("--seeds", type=int, default=1, help="classifier seeds per setting (default 1)")
+    args = ap.parse_args()
+    pipe = Pipeline(config.resolve(args.profile), verbose=False)
+    cfg, seed = pipe.cfg, int(pipe.cfg["seed"])
+    splits = load_splits(pipe)
+    train, val = splits["train"], splits["val"]
+    pool, src = load_release(pipe, "diadm_filter_4")
+    clf = load_classifier(pipe)
+    bce = label_consistency(clf.predict_proba(train)[src], clf.predict_proba(pool))
+    members = {("defender" if i == 0 else f"defender_{i + 1}"): VerdictSpace(v) for i, v in enumerate(committee(pipe))}
+    veto = CopyVeto(members, train.tensor(), train.patient_ids, min(args.quantiles))
+    dist = veto.distances(pool.tensor())
+    draws = [{k: control_population(cfg["data"], train.n_patients, seed, f"calibration-{k}-{d}", f"c{d}{k[0]}")
+              for k in ("control", "weight")} for d in range(args.draws)]
+    auditor = load_verifier(pipe, "auditor")
+    embed, spaces = EmbeddingCache(auditor), attacker_spaces(pipe, cfg["privacy"]["attackers"])
+    clf_seeds = [seed] + [seeds.derive(seed, "utility", "classifier", s) for s in range(1, args.seeds)]
+    rows = []
+    for q in [None, *args.quantiles]:
+        keep = np.ones(len(pool), bool)
+        if q is not None:
+            for name, t in veto.thresholds_at(q).items():
+                keep &= dist[name] >= t
+        idx = np.flatnonzero(keep)
+        picked = idx[rank_per_source(src[idx], bce[idx]) == 0]
+        release = make_release(f"identity q={q}", pool.images[picked], src[picked], train)
+        row = {"identity quantile q": "off (committed)" if q is None else q, "pool passes": float(keep.mean()),
+               "sources released": len(picked)}
+        risks, upper = [], []
+        for d, calib in enumerate(draws):
+            r = attack_release(release, src[picked], train, calib["control"], auditor,
+                               {"seed": seed, "privacy": cfg["privacy"]}, heldout=calib["weight"], embed=embed,
+                               name=f"identity-{d}", spaces=spaces)
+            risks.append({name: r[f"{prefix}_risk_unclipped"] for prefix, name in ATTACKER_LABELS.items()
+                          if f"{prefix}_risk_unclipped" in r})
+            upper.append(r["strongest_risk_hi"])
+        mean = pd.DataFrame(risks).mean()
+        row.update({f"{name} (mean)": v for name, v in mean.items()})
+        row["strongest upper bound, per draw"] = " ".join(f"{u:.3f}" for u in upper)
+        row["strongest upper bound, mean"] = float(np.mean(upper))
+        aurocs = []
+        for s in clf_seeds:
+            _, probs = train_and_predict(release, val, val, classifier_recipe(cfg), s, progress=False)
+            aurocs.append(auroc_table(val.labels, probs, n_boot=0).loc["mean", "auroc"])
+        row["val mean AUROC"] = float(np.mean(aurocs))
+        rows.append(row)
+        print(row, flush=True)
+    print()
+    print(to_markdown(pd.DataFrame(rows).set_index("identity quantile q"), ".3f"))
+
+
+if __name__ == "__main__":
+    main()
