@@ -15,8 +15,9 @@ re-picks each source's most label-consistent survivor (as the filter picks), and
 
 * every attacker's singling-out risk, on ``--draws`` pairs of **calibration populations** — fresh
   PhantomCXR patients from their own seed streams, in neither the control nor the weight
-  population of the final audit (notebook 06) — as mean over draws and the worst draw's
-  corrected upper bound;
+  population of the final audit (notebook 06), the control ``--control-draws`` times the training
+  split's size (``privacy.control_draws``) — as mean over draws and each draw's corrected upper
+  bound of the strongest attacker;
 * the mean AUROC on the real **val** split of the reference classifier recipe trained on it
   (``--seeds`` classifier seeds; the test split stays for notebook 07);
 * the share of the pool the rule passes (the filter redraws what it vetoes, so this is its cost
@@ -65,6 +66,9 @@ def main() -> None:
                     help="identity-veto quantiles q to try, each in (0, 0.5) (default 0.05 0.1 0.2 0.3)")
     ap.add_argument("--draws", type=int, default=4, help="calibration population pairs (default 4)")
     ap.add_argument("--seeds", type=int, default=1, help="classifier seeds per setting (default 1)")
+    ap.add_argument("--control-draws", type=int, default=None,
+                    help="control populations per calibration draw, each of the training split's size "
+                         "(default: the profile's privacy.control_draws)")
     args = ap.parse_args()
     pipe = Pipeline(config.resolve(args.profile), verbose=False)
     cfg, seed = pipe.cfg, int(pipe.cfg["seed"])
@@ -76,12 +80,15 @@ def main() -> None:
     members = {("defender" if i == 0 else f"defender_{i + 1}"): VerdictSpace(v) for i, v in enumerate(committee(pipe))}
     veto = CopyVeto(members, train.tensor(), train.patient_ids, min(args.quantiles))
     dist = veto.distances(pool.tensor())
-    draws = [{k: control_population(cfg["data"], train.n_patients, seed, f"calibration-{k}-{d}", f"c{d}{k[0]}")
-              for k in ("control", "weight")} for d in range(args.draws)]
+    k_ctrl = args.control_draws or cfg["privacy"]["control_draws"]
+    draws = [{k: control_population(cfg["data"], train.n_patients * (k_ctrl if k == "control" else 1), seed,
+                                    f"calibration-{k}-{d}", f"c{d}{k[0]}") for k in ("control", "weight")}
+             for d in range(args.draws)]
     auditor = load_verifier(pipe, "auditor")
     embed, spaces = EmbeddingCache(auditor), attacker_spaces(pipe, cfg["privacy"]["attackers"])
     clf_seeds = [seed] + [seeds.derive(seed, "utility", "classifier", s) for s in range(1, args.seeds)]
     rows = []
+    print(f"calibration control populations: {k_ctrl} x {train.n_patients} patients", flush=True)
     for q in [None, *args.quantiles]:
         keep = np.ones(len(pool), bool)
         if q is not None:

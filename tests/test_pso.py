@@ -159,6 +159,26 @@ def test_unequal_populations_are_equalised(world):
     assert res["attack_rate"] > 0.9 and res["control_rate"] == 0.0
 
 
+def test_a_control_population_k_times_larger_is_played_as_k_draws(world):
+    """3n control patients → 3 disjoint control populations of n, each predicate played on every
+    one: its control outcome is their mean; 1.5n patients → one population of n, as before."""
+    train = world["train"]
+    extra = [make_population(f"c{i}", train.n_patients, 20 + i) for i in range(2)]
+    auditor = OracleVerifier([train, world["control"], *extra, world["weight"]])
+    big = ImageSet.concat([world["control"], *extra])
+    rel, src = positive_control_release(train, 0.05, seed=0)
+    e = auditor.embed(rel)
+    pops = [Population(auditor.embed(s), s.patient_ids) for s in (train, big, world["weight"])]
+    res = evaluate_pso(e, train.patient_ids[src], *pops, auditor, kinds=("ball",), seed=0)["ball"]
+    assert res["control_draws"] == 3 and res["n_population"] == train.n_patients
+    assert 0 < res["control_successes"] and res["control_rate"] == pytest.approx(
+        res["control_successes"] / (3 * res["n_predicates"]))
+    half = big.subset(np.isin(big.patient_ids, np.unique(big.patient_ids)[: int(1.5 * train.n_patients)]))
+    res_half = evaluate_pso(e, train.patient_ids[src], pops[0], Population(auditor.embed(half), half.patient_ids),
+                            pops[2], auditor, kinds=("ball",), seed=0)["ball"]
+    assert res_half["control_draws"] == 1 and res_half["n_population"] == train.n_patients
+
+
 def test_privacy_config_rejects_bad_values():
     with pytest.raises(Exception, match="privacy.typo"):
         privacy_config({"privacy": {"typo": 1}})
@@ -170,6 +190,9 @@ def test_privacy_config_rejects_bad_values():
         privacy_config({"privacy": {"predicates": ["verifier"]}})
     with pytest.raises(ValueError, match="privacy.n_boot"):
         privacy_config({"privacy": {"n_boot": 10}})
+    for bad in (0, 1.5, True, "4"):
+        with pytest.raises(ValueError, match="privacy.control_draws"):
+            privacy_config({"privacy": {"control_draws": bad}})
     for bad in ([0.0, 0.1], [0.1, 1.5], [0.1, 0.1], ["0.1"], [True], 0.1, "0.1"):
         with pytest.raises(ValueError, match="privacy.weight_sweep"):
             privacy_config({"privacy": {"weight_sweep": bad}})

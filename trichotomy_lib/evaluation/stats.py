@@ -322,7 +322,7 @@ def singling_out_risk(attack_successes: int, n_attacks: int, control_successes: 
 
 
 def paired_singling_out_risk(attack_hits, control_hits, groups=None, level: float = 0.95, n_boot: int = 4000,
-                             seed: int = 0) -> dict:
+                             seed: int = 0, control_draws: int = 1) -> dict:
     """Singling-out risk of predicates played on both populations, with a cluster-bootstrap CI.
 
     Predicate i isolates a training patient (``attack_hits[i]``) and, played again on the
@@ -345,10 +345,16 @@ def paired_singling_out_risk(attack_hits, control_hits, groups=None, level: floa
     independent predicates is returned instead (Wilson rates, delta method): a bootstrap cannot
     see sampling error that the sample never shows.
 
+    With several control populations (``control_draws`` = K, each as large as the training
+    population), ``control_hits[i]`` is predicate i's isolation rate over them, a multiple of
+    1/K: the control rate is then estimated from K·P trials, and its sampling error shrinks with K.
+
     Args:
-        attack_hits, control_hits: (P,) booleans, P >= 1.
+        attack_hits: (P,) booleans, P >= 1. control_hits: (P,) booleans, or rates in [0, 1] over
+            ``control_draws`` control populations.
         groups: (P,) cluster labels, or None (every predicate its own cluster).
         level: two-sided level in (0, 1). n_boot: resamples, >= 100. seed: the resampling stream.
+        control_draws: K >= 1, the control populations each predicate was played on (default 1).
 
     Returns the keys of ``singling_out_risk`` plus ``interval`` ("paired cluster bootstrap" or
     "independent (degenerate bootstrap)") and ``n_groups``.
@@ -357,13 +363,20 @@ def paired_singling_out_risk(attack_hits, control_hits, groups=None, level: floa
     att, ctl = np.asarray(attack_hits), np.asarray(control_hits)
     if att.ndim != 1 or att.shape != ctl.shape or len(att) == 0:
         raise ValueError(f"attack_hits {att.shape} and control_hits {ctl.shape} must be the same non-empty (P,)")
-    if not (np.isin(att, (0, 1)).all() and np.isin(ctl, (0, 1)).all()):
-        raise ValueError("attack_hits and control_hits must be booleans (0/1)")
+    if not (isinstance(control_draws, (int, np.integer)) and control_draws >= 1):
+        raise ValueError(f"control_draws must be an integer >= 1, got {control_draws!r}")
+    if not np.isin(att, (0, 1)).all():
+        raise ValueError("attack_hits must be booleans (0/1)")
+    ctl_counts = np.asarray(ctl, dtype=np.float64) * control_draws
+    if not (np.all((ctl_counts >= -1e-9) & (ctl_counts <= control_draws + 1e-9))
+            and np.allclose(ctl_counts, np.round(ctl_counts), atol=1e-6)):
+        raise ValueError(f"control_hits must be booleans (0/1) or rates over control_draws={control_draws} "
+                         "populations (multiples of 1/control_draws in [0, 1])")
     if not (isinstance(n_boot, (int, np.integer)) and n_boot >= 100):
         raise ValueError(f"n_boot must be an integer >= 100, got {n_boot!r}")
     att, ctl = att.astype(np.float32), ctl.astype(np.float32)
     p = len(att)
-    base = singling_out_risk(int(att.sum()), p, int(ctl.sum()), p, level)
+    base = singling_out_risk(int(att.sum()), p, int(np.round(ctl_counts.sum())), p * control_draws, level)
     n_groups = p if groups is None else len(np.unique(np.asarray(groups)))
     a_star, c_star = [], []
     for counts in _iter_boot_counts(p, n_boot, seed, groups=groups):

@@ -41,7 +41,8 @@ def strongest_attacker(hits: dict, level: float = 0.95, n_boot: int = 4000, seed
     corrected = 1 - (1 - level) / len(hits)
     best, bounds = None, {}
     for name, h in hits.items():
-        r = paired_singling_out_risk(h["attack"], h["control"], h["groups"], corrected, n_boot, seed)
+        r = paired_singling_out_risk(h["attack"], h["control"], h["groups"], corrected, n_boot, seed,
+                                     control_draws=h.get("control_draws", 1))
         bounds.update({f"{name}_risk_lo_corrected": r["risk_lo"], f"{name}_risk_hi_corrected": r["risk_hi"]})
         key = (-1.0 if not np.isfinite(r["risk_hi"]) else r["risk_hi"], r["risk"] if np.isfinite(r["risk"]) else -1.0)
         if best is None or key > best[0]:

@@ -76,6 +76,8 @@ PRIVACY_DEFAULTS: dict = {
     "audit_false_alarm": 0.05,   # vs-all re-id threshold: this rate on held-out patients (audit.py)
     "positive_sigma": 0.05,      # positive control: Gaussian noise σ on training images ([-1, 1] units)
     "n_control_patients": None,  # control population size (null: number of training patients)
+    "control_draws": 1,          # K: the control population is K disjoint populations of that size, and each
+                                 #   predicate's control outcome their mean (PhantomCXR; >= 1; file lists: 1)
     "n_weight_patients": None,   # held-out calibration/weight population (null: training patients)
     "nn_quantile": 0.05,         # "closer than this quantile of held-out real NN distances"
     "nn_max_size": 64,           # pixel NN distances on images area-downsampled to at most this size
@@ -127,6 +129,8 @@ def privacy_config(cfg: dict) -> dict:
         raise ValueError(f"privacy.audit_k must be an integer >= 1, got {p['audit_k']!r}")
     if not (isinstance(p["nn_max_size"], int) and p["nn_max_size"] >= 4):
         raise ValueError(f"privacy.nn_max_size must be an integer >= 4, got {p['nn_max_size']!r}")
+    if not (isinstance(p["control_draws"], int) and not isinstance(p["control_draws"], bool) and p["control_draws"] >= 1):
+        raise ValueError(f"privacy.control_draws must be an integer >= 1, got {p['control_draws']!r}")
     for key in ("n_control_patients", "n_weight_patients"):
         if p[key] is not None and not (isinstance(p[key], int) and p[key] >= 2):
             raise ValueError(f"privacy.{key} must be an integer >= 2 or null, got {p[key]!r}")
@@ -242,9 +246,14 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
             no source). Used only to (i) keep predicates whose source is in the training
             subsample when the populations are equalised and (ii) report how often the
             isolated patient is the source's (``correct_*``) — the attacker never sees it.
-        train, control: the training and control populations. When their sizes differ (file-
-            list data) the larger is subsampled to the smaller (seeded): isolation depends
-            on n, so the two rates are only comparable at equal n.
+        train, control: the training and control populations. Isolation depends on n, so the two
+            rates are only comparable at equal n: a larger training population (file-list data)
+            is subsampled to the control's size (seeded); a control population K >= 2 times
+            the training population's size is split into K disjoint control populations of that
+            size (seeded), each predicate is played on all of them, and its control outcome is
+            the share that isolates (the control rate's sampling error shrinks with K; the attack
+            side cannot grow: its patients are the training split's). Between 1 and 2 times:
+            subsampled to the training population's size.
         heldout: patients in neither, split in halves: threshold calibration / weight estimate.
         kinds: predicate kinds (``PREDICATES``). weight_factor: target weight · n (0, 1].
         verifier_threshold: floor of the verifier predicate's probability (default 0.5).
@@ -254,7 +263,8 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
 
     Each result: threshold, target_weight, weight (estimate with Wilson interval, pooled over
     predicate × patient pairs of the weight half), cn_baseline = B(n, weight) from (1),
-    attack/control successes and rates, risk with CI and warning (``paired_singling_out_risk``),
+    attack/control successes (control: over all K populations) and rates, ``control_draws`` K,
+    risk with CI and warning (``paired_singling_out_risk``),
     mean number of matched patients in train and control, correct isolation rate, and
     ``"hits"``: ``{"attack", "control", "groups"}`` per predicate (for the multiplicity-corrected
     interval over attackers, ``attack.strongest_attacker``; not a table field).
@@ -272,8 +282,12 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
         train = train.sample(n, rng, must_keep=() if src is None else np.unique(src))
         if src is not None:
             keep = np.isin(src, train.patients)
-    if control.n > n:
-        control = control.sample(n, rng)
+    draws = control.n // n
+    if draws == 1:
+        controls = [control.sample(n, rng) if control.n > n else control]
+    else:  # K disjoint control populations of n patients each; the control rate is their mean
+        perm = rng.permutation(control.patients)
+        controls = [control.restrict(perm[i * n:(i + 1) * n]) for i in range(draws)]
     if not keep.any():
         raise ValueError("no predicate's source patient is in the (subsampled) training population")
     pred_emb = pred_emb[torch.from_numpy(keep)]
@@ -291,23 +305,24 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
         w_hits = int((patient_scores(kind, pred_emb, wgt, auditor) >= t).sum())
         w_trials = len(pred_emb) * wgt.n
         cnt_t, who_t = count_matches(patient_scores(kind, pred_emb, train, auditor), t)
-        cnt_c, _ = count_matches(patient_scores(kind, pred_emb, control, auditor), t)
-        att, ctl = cnt_t == 1, cnt_c == 1
-        risk = paired_singling_out_risk(att, ctl, groups, level, n_boot, seeds.derive(seed, "privacy", "bootstrap"))
+        cnt_c = np.stack([count_matches(patient_scores(kind, pred_emb, c, auditor), t)[0] for c in controls])
+        att, ctl = cnt_t == 1, (cnt_c == 1).mean(0)
+        risk = paired_singling_out_risk(att, ctl, groups, level, n_boot, seeds.derive(seed, "privacy", "bootstrap"),
+                                        control_draws=draws)
         w_hat, w_lo, w_hi = wilson_interval(w_hits, w_trials, level)
         res = {
             "n_population": n, "n_predicates": len(pred_emb), "threshold": t,
             "radius": -t if kind == "ball" else np.nan, "target_weight": target, **info,
             "weight": w_hat, "weight_lo": w_lo, "weight_hi": w_hi,
             "cn_baseline": float(cohen_nissim_isolation_probability(n, w_hat)),
-            "attack_successes": int(att.sum()), "control_successes": int(ctl.sum()),
+            "attack_successes": int(att.sum()), "control_successes": int((cnt_c == 1).sum()), "control_draws": draws,
             "attack_rate": risk["attack_rate"], "attack_lo": risk["attack_ci"][0], "attack_hi": risk["attack_ci"][1],
             "control_rate": risk["control_rate"], "control_lo": risk["control_ci"][0], "control_hi": risk["control_ci"][1],
             "risk": risk["risk"], "risk_lo": risk["risk_lo"], "risk_hi": risk["risk_hi"],
             "risk_unclipped": risk["risk_unclipped"], "warning": risk["warning"],
             "matches_train_mean": float(cnt_t.mean()), "matches_control_mean": float(cnt_c.mean()),
             "interval": risk["interval"], "n_groups": risk["n_groups"],
-            "hits": {"attack": att, "control": ctl, "groups": groups},
+            "hits": {"attack": att, "control": ctl, "groups": groups, "control_draws": draws},
         }
         if src is not None:
             correct = att & (train.patients[np.maximum(who_t, 0)] == src)

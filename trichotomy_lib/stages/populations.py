@@ -1,8 +1,9 @@
 """Stage ``control_population``: the patients the attack and the auditor need, never trained on.
 
 For PhantomCXR, fresh populations from their own seed streams, same distribution as the
-training split: ``control/`` (as many patients as the training split; the control rate),
-``weight/`` (threshold calibration and predicate weights) and ``auditor/`` (what the
+training split: ``control/`` (as many patients as the training split, times
+``privacy.control_draws`` = K: K control populations of that size, whose mean is the control
+rate), ``weight/`` (threshold calibration and predicate weights) and ``auditor/`` (what the
 third-party auditor verifier trains on, ``privacy.roles``). For file-list data the val + test
 patients split into ``control/``, ``weight/``, ``negative/`` and ``auditor/``
 (``privacy.controls.filelist_populations``).
@@ -20,8 +21,8 @@ from ..privacy.roles import auditor_population
 from .data import load_splits
 
 
-@stage("control_population", keys=("seed", "data", "privacy.n_control_patients", "privacy.n_weight_patients",
-                                   "reid.auditor_patients"), deps=("data",), version=3)
+@stage("control_population", keys=("seed", "data", "privacy.n_control_patients", "privacy.control_draws",
+                                   "privacy.n_weight_patients", "reid.auditor_patients"), deps=("data",), version=3)
 def control_population_stage(ctx: StageContext) -> None:
     """Patients never trained on: ``control/``, ``weight/``, ``auditor/`` (and ``negative/`` for file lists)."""
     data_cfg = ctx.config["data"]
@@ -29,15 +30,19 @@ def control_population_stage(ctx: StageContext) -> None:
     splits = load_splits(ctx.pipeline)
     n_train = splits["train"].n_patients
     if data_cfg["source"] == "phantom":
-        n_ctrl = ctx.config["privacy.n_control_patients"] or n_train
+        n_ctrl = (ctx.config["privacy.n_control_patients"] or n_train) * ctx.config["privacy.control_draws"]
         n_wgt = ctx.config["privacy.n_weight_patients"] or n_train
         pops = {"control": control_population(data_cfg, n_ctrl, seed, "control", "ctrl", progress=True),
                 "weight": control_population(data_cfg, n_wgt, seed, "weight", "wt", progress=True),
                 "auditor": auditor_population(data_cfg, ctx.config["reid.auditor_patients"], seed)}
         note = (f"fresh PhantomCXR populations (own seed streams): control {n_ctrl} patients "
-                f"(= training patients: {n_train}), weight {n_wgt}, auditor {ctx.config['reid.auditor_patients']}; "
+                f"({ctx.config['privacy.control_draws']} disjoint draw(s) of the training patients' {n_train}), weight {n_wgt}, auditor {ctx.config['reid.auditor_patients']}; "
                 "negative control = the test split")
     else:
+        if ctx.config["privacy.control_draws"] != 1:
+            raise ValueError(f"privacy.control_draws is {ctx.config['privacy.control_draws']}, but file-list data has "
+                             "no fresh patients to draw further control populations from (val + test are split "
+                             "once); set privacy.control_draws: 1")
         pops = filelist_populations(splits["val"], splits["test"], seed)
         note = ("file-list data: val + test patients split into control / weight / negative-control / auditor "
                 "parts (smaller than the training population; the attack plays on an equally sized subsample "
