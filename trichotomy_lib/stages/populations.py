@@ -39,14 +39,10 @@ def control_population_stage(ctx: StageContext) -> None:
                 f"({ctx.config['privacy.control_draws']} disjoint draw(s) of the training patients' {n_train}), weight {n_wgt}, auditor {ctx.config['reid.auditor_patients']}; "
                 "negative control = the test split")
     else:
-        if ctx.config["privacy.control_draws"] != 1:
-            raise ValueError(f"privacy.control_draws is {ctx.config['privacy.control_draws']}, but file-list data has "
-                             "no fresh patients to draw further control populations from (val + test are split "
-                             "once); set privacy.control_draws: 1")
         pops = filelist_populations(splits["val"], splits["test"], seed)
         note = ("file-list data: val + test patients split into control / weight / negative-control / auditor "
                 "parts (smaller than the training population; the attack plays on an equally sized subsample "
-                "of training patients)")
+                "of training patients; one control draw: privacy.control_draws needs fresh PhantomCXR patients)")
     for name, imageset in pops.items():
         imageset.save(ctx.out / name)
     atomic_write_json(ctx.out / "populations.json", {
