@@ -25,8 +25,9 @@ re-picks each source's most label-consistent survivor (as the filter picks), and
 
     python benchmarks/identity_veto.py --profile default      # ~5 min on 2 cores
 
-Run it after ``trichotomy reproduce --profile default`` with ``identity_quantile: null`` (it reads
-the pipeline's cache; with the rule on, the pool has already passed it).
+Run it after ``trichotomy reproduce --profile default``. It reads the pipeline's cache with the
+identity rule off (``identity_quantile: null``; the pool must not have passed it already), so the
+first run computes that filter's releases (~5 min).
 """
 
 from __future__ import annotations
@@ -70,8 +71,14 @@ def main() -> None:
                     help="control populations per calibration draw, each of the training split's size "
                          "(default: the profile's privacy.control_draws)")
     args = ap.parse_args()
-    pipe = Pipeline(config.resolve(args.profile), verbose=False)
-    cfg, seed = pipe.cfg, int(pipe.cfg["seed"])
+    if not all(0 < q < 0.5 for q in args.quantiles):
+        ap.error(f"--quantiles must each be in (0, 0.5), got {args.quantiles}")
+    if args.draws < 1 or args.seeds < 1 or (args.control_draws is not None and args.control_draws < 1):
+        ap.error("--draws, --seeds and --control-draws must be >= 1")
+    cfg = config.resolve(args.profile)
+    cfg["generate"]["filter"]["identity_quantile"] = None   # the pool: every other veto, not this one
+    pipe = Pipeline(cfg, verbose=False)
+    cfg, seed = pipe.cfg, int(cfg["seed"])
     splits = load_splits(pipe)
     train, val = splits["train"], splits["val"]
     pool, src = load_release(pipe, "diadm_filter_4")
@@ -80,7 +87,7 @@ def main() -> None:
     members = {("defender" if i == 0 else f"defender_{i + 1}"): VerdictSpace(v) for i, v in enumerate(committee(pipe))}
     veto = CopyVeto(members, train.tensor(), train.patient_ids, min(args.quantiles))
     dist = veto.distances(pool.tensor())
-    k_ctrl = args.control_draws or cfg["privacy"]["control_draws"]
+    k_ctrl = cfg["privacy"]["control_draws"] if args.control_draws is None else args.control_draws
     draws = [{k: control_population(cfg["data"], train.n_patients * (k_ctrl if k == "control" else 1), seed,
                                     f"calibration-{k}-{d}", f"c{d}{k[0]}") for k in ("control", "weight")}
              for d in range(args.draws)]

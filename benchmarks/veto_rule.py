@@ -167,7 +167,7 @@ def main() -> None:
         for r in args.recalls:
             thresholds.setdefault(r, []).append(veto_threshold(d, splits["val"], r, val_pairs_seed(seed)))
     probs = np.stack(probs)  # (defenders, candidates)
-    near_copy = copy_veto(pipe, splits["train"])
+    near_copy = copy_veto(pipe, splits["train"], identity=False)
     copy = np.zeros(len(cand), bool) if near_copy is None else near_copy.ratio(uint8_to_tensor(cand)) < 1.0
 
     # the filter's choice among survivors: label consistency with the source (filter.consistency)

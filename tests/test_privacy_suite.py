@@ -223,6 +223,13 @@ def test_reliability_counts_vetoes_per_candidate_kind(world):
     assert (table["vetoed (never)"] == 0).all()
     assert table.loc["copy of the source", "all defenders agree"] == 0.0
     assert isinstance(table, pd.DataFrame) and table["should veto"].sum() == len(table) - 1
+    assert "identity rule alone" not in table
+    # the identity rule in its own column, and in every defender's veto
+    identity = CopyVeto({"defender": VerdictSpace(v)}, train.tensor(), train.patient_ids, quantile=0.05).ratio
+    both = veto_reliability(cand, {"oracle": (perfect, 0.5), "never": (never, 0.5)}, identity_fn=identity)
+    assert both.loc["copy of the source", "identity rule alone"] == 1.0
+    assert both.loc["unseen patient, random source", "identity rule alone"] <= 0.5   # 30 unseen patients: noisy
+    assert (both["vetoed (never)"] == both["identity rule alone"]).all()
 
 
 def test_a_committee_veto_flags_what_any_member_flags_at_its_own_threshold():

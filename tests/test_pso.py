@@ -18,8 +18,8 @@ from trichotomy_lib.data.imageset import ImageSet
 from trichotomy_lib.privacy.controls import (control_population, filelist_populations, negative_control_release,
                                              positive_control_release)
 from trichotomy_lib.privacy.attack import evaluate_release
-from trichotomy_lib.privacy.pso import (Population, calibrate_threshold, count_matches, evaluate_pso, patient_scores,
-                                        privacy_config)
+from trichotomy_lib.privacy.pso import (Population, calibrate_threshold, control_draws, count_matches, evaluate_pso,
+                                        patient_scores, privacy_config)
 from trichotomy_lib.privacy.reid_model import Verifier
 
 SIZE, DIM = 16, 16
@@ -159,6 +159,17 @@ def test_unequal_populations_are_equalised(world):
     assert res["attack_rate"] > 0.9 and res["control_rate"] == 0.0
 
 
+def test_control_draws_are_disjoint_populations_of_n():
+    pop = Population(torch.zeros(70, 2), [f"p{i // 2:02d}" for i in range(70)])   # 35 patients, 2 images each
+    draws = control_draws(pop, 10, np.random.default_rng(0))
+    assert len(draws) == 3 and all(d.n == 10 and len(d.emb) == 20 for d in draws)
+    assert len(set().union(*(set(d.patients) for d in draws))) == 30            # disjoint
+    assert [d.n for d in control_draws(pop, 20, np.random.default_rng(0))] == [20]  # 1.75 n: one, subsampled
+    assert control_draws(pop, 35, np.random.default_rng(0))[0] is pop
+    with pytest.raises(ValueError, match="no draw of 36"):
+        control_draws(pop, 36, np.random.default_rng(0))
+
+
 def test_a_control_population_k_times_larger_is_played_as_k_draws(world):
     """3n control patients → 3 disjoint control populations of n, each predicate played on every
     one: its control outcome is their mean; 1.5n patients → one population of n, as before."""
@@ -193,6 +204,8 @@ def test_privacy_config_rejects_bad_values():
     for bad in (0, 1.5, True, "4"):
         with pytest.raises(ValueError, match="privacy.control_draws"):
             privacy_config({"privacy": {"control_draws": bad}})
+    with pytest.raises(ValueError, match="cannot be combined with privacy.n_control_patients"):
+        privacy_config({"privacy": {"control_draws": 2, "n_control_patients": 50}})
     for bad in ([0.0, 0.1], [0.1, 1.5], [0.1, 0.1], ["0.1"], [True], 0.1, "0.1"):
         with pytest.raises(ValueError, match="privacy.weight_sweep"):
             privacy_config({"privacy": {"weight_sweep": bad}})

@@ -288,8 +288,8 @@ def test_paired_singling_out_risk_covers_the_truth():
 
 def test_paired_singling_out_risk_with_several_control_populations():
     """K control populations: a predicate's control outcome is its isolation rate over them. The
-    point estimate is the pooled one, and the interval narrows (the control's sampling error
-    falls by ~1/K; the attack's stays), here from 1 to 4 populations at a = 0.15, c = 0.1."""
+    point estimate is the pooled one, and the interval narrows (the control's standard error falls
+    by up to 1/√K; the attack's stays), here from 1 to 4 populations at a = 0.15, c = 0.1."""
     rng = np.random.default_rng(7)
     att = rng.random(1000) < 0.15
     ctl4 = (rng.random((4, 1000)) < 0.1).mean(0)
@@ -306,6 +306,16 @@ def test_paired_singling_out_risk_with_several_control_populations():
         paired_singling_out_risk(att, np.full(1000, 0.3), control_draws=4)
     with pytest.raises(ValueError, match="control_draws must be"):
         paired_singling_out_risk(att, ctl1, control_draws=0)
+    with pytest.raises(ValueError, match="control_draws must be"):
+        paired_singling_out_risk(att, ctl1, control_draws=True)
+    with pytest.raises(ValueError, match="booleans but control_draws=4"):
+        paired_singling_out_risk(att, ctl1, control_draws=4)
+    # no predicate isolates anyone: the control's interval counts P trials, not K·P
+    zero = np.zeros(50)
+    degenerate = paired_singling_out_risk(zero.astype(bool), zero, n_boot=200, control_draws=4)
+    assert degenerate["interval"].startswith("independent")
+    assert degenerate["control_ci"] == pytest.approx(singling_out_risk(0, 50, 0, 50)["control_ci"])
+    assert degenerate["control_ci"][1] > singling_out_risk(0, 50, 0, 200)["control_ci"][1]
 
 
 def test_paired_singling_out_risk_degenerate_and_bad_input():

@@ -363,8 +363,11 @@ def paired_singling_out_risk(attack_hits, control_hits, groups=None, level: floa
     att, ctl = np.asarray(attack_hits), np.asarray(control_hits)
     if att.ndim != 1 or att.shape != ctl.shape or len(att) == 0:
         raise ValueError(f"attack_hits {att.shape} and control_hits {ctl.shape} must be the same non-empty (P,)")
-    if not (isinstance(control_draws, (int, np.integer)) and control_draws >= 1):
+    if not (isinstance(control_draws, (int, np.integer)) and not isinstance(control_draws, bool) and control_draws >= 1):
         raise ValueError(f"control_draws must be an integer >= 1, got {control_draws!r}")
+    if control_draws > 1 and ctl.dtype == bool:
+        raise ValueError(f"control_hits are booleans but control_draws={control_draws}: pass each predicate's "
+                         "isolation rate over the control populations")
     if not np.isin(att, (0, 1)).all():
         raise ValueError("attack_hits must be booleans (0/1)")
     ctl_counts = np.asarray(ctl, dtype=np.float64) * control_draws
@@ -384,8 +387,12 @@ def paired_singling_out_risk(attack_hits, control_hits, groups=None, level: floa
         a_star.append(counts @ att / total)
         c_star.append(counts @ ctl / total)
     a_star, c_star = np.concatenate(a_star).astype(float), np.concatenate(c_star).astype(float)
-    if np.ptp(a_star) == 0 and np.ptp(c_star) == 0:
-        return {**base, "interval": "independent (degenerate bootstrap)", "n_groups": n_groups}
+    if np.ptp(att) == 0 and np.ptp(ctl) == 0:
+        # Every predicate alike: the intervals of independent rates, the control's over P trials
+        # (a predicate's K control outcomes are not independent of each other).
+        wide = singling_out_risk(int(att.sum()), p, int(np.round(ctl.sum())), p, level)
+        return {**base, **{k: wide[k] for k in ("attack_ci", "control_ci", "risk_lo", "risk_hi")},
+                "interval": "independent (degenerate bootstrap)", "n_groups": n_groups}
     q = (0.5 - level / 2, 0.5 + level / 2)
     out = dict(base, interval="paired cluster bootstrap", n_groups=n_groups)
     out["attack_ci"] = tuple(float(x) for x in np.quantile(a_star, q))

@@ -43,7 +43,7 @@ PRIVACY_METHOD = (
     "of small *weight* (the chance that a random patient satisfies it). The attack succeeds when the "
     "predicate picks out exactly one patient. The **attack rate** is how often that happens among the "
     "patients the generator was trained on; the **control rate** is how often it happens among as many "
-    "patients the generator never saw. **Risk** = (attack − control) / (1 − control): 0 means the release "
+    "patients the generator never saw (averaged over several such populations when the audit draws several). **Risk** = (attack − control) / (1 − control): 0 means the release "
     "singles out trained-on patients no more often than unseen ones, 1 means it always does."
 )
 

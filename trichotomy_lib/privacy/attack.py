@@ -28,7 +28,7 @@ def strongest_attacker(hits: dict, level: float = 0.95, n_boot: int = 4000, seed
     """The attacker with the largest upper risk bound, the bound corrected for having tried
     ``m = len(hits)`` of them (Bonferroni: each interval at level 1 − (1 − level)/m).
 
-    ``hits``: ``{attacker: {"attack", "control", "groups"}}``, the per-predicate outcomes
+    ``hits``: ``{attacker: {"attack", "control", "groups"[, "control_draws"]}}``, the per-predicate outcomes
     ``evaluate_pso`` returns; every interval is ``stats.paired_singling_out_risk`` at the
     corrected level (same resamples for every attacker: same ``seed``, predicates and groups).
     Ties on the upper bound go to the larger point estimate. Returns ``{"strongest_attacker",
@@ -60,7 +60,7 @@ def attack_release(release: ImageSet, source_index, train: ImageSet, control: Im
         release: released images. source_index: (N,) index of each one's source in ``train``
             (None for releases without sources, e.g. the negative control).
         train: the training split. control: the control population (patients never trained
-            on, as many as ``train`` has).
+            on, as many as ``train`` has, or K times as many: K control draws, ``pso.control_draws``).
         auditor: the AUDITOR verifier (never the defender the filter used): the ball and
             verdict predicates in its embedding.
         cfg: the config (``seed`` and the ``privacy`` section, see ``PRIVACY_DEFAULTS``).

@@ -139,12 +139,17 @@ class CopyVeto:
     def __init__(self, spaces: dict, train_images: torch.Tensor, patient_ids, quantile: float | dict = 0.05):
         if not spaces:
             raise ValueError("the copy veto needs at least one feature space")
-        self.spaces = {name: s if isinstance(s, (L2Space, VerdictSpace)) else L2Space(s) for name, s in spaces.items()}
+        self.spaces = {}
+        for name, s in spaces.items():
+            if not (isinstance(s, (L2Space, VerdictSpace)) or callable(s)):
+                raise TypeError(f"copy-veto space {name!r} must be an L2Space, a VerdictSpace or a features "
+                                f"function, got {type(s).__name__}")
+            self.spaces[name] = s if isinstance(s, (L2Space, VerdictSpace)) else L2Space(s)
         q = quantile if isinstance(quantile, dict) else {name: quantile for name in self.spaces}
         if set(q) != set(self.spaces):
             raise ValueError(f"copy-veto quantiles given for {sorted(q)}, spaces are {sorted(self.spaces)}")
         for name, value in q.items():
-            if not 0 < value < 0.5:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 0.5:
                 raise ValueError(f"copy-veto quantile of space {name!r} must be in (0, 0.5), got {value}")
         self.quantile = {name: float(value) for name, value in q.items()}
         self.train = {name: torch.as_tensor(s.features(train_images)).float() for name, s in self.spaces.items()}
@@ -160,7 +165,9 @@ class CopyVeto:
                                  "different patients?)")
 
     def thresholds_at(self, quantile: float) -> dict[str, float]:
-        """t_S of rule (1) in every space at another quantile q (the same training distances)."""
+        """t_S of rule (1) in every space at another quantile q in (0, 0.5) (the same training distances)."""
+        if not 0 < quantile < 0.5:
+            raise ValueError(f"copy-veto quantile must be in (0, 0.5), got {quantile}")
         return {name: float(np.quantile(d, quantile)) for name, d in self.leave_patient_out.items()}
 
     def distances(self, images: torch.Tensor) -> dict[str, np.ndarray]:

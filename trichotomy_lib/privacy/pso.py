@@ -57,7 +57,7 @@ from ..evaluation.stats import cohen_nissim_isolation_probability, paired_singli
 from .. import seeds
 
 __all__ = ["PRIVACY_DEFAULTS", "PREDICATES", "ATTACKER_SPACES", "ATTACKER_LABELS", "privacy_config", "Population", "patient_scores",
-           "calibrate_threshold", "count_matches", "evaluate_pso"]
+           "calibrate_threshold", "count_matches", "control_draws", "evaluate_pso"]
 
 PREDICATES = ("verifier", "ball")
 
@@ -76,8 +76,9 @@ PRIVACY_DEFAULTS: dict = {
     "audit_false_alarm": 0.05,   # vs-all re-id threshold: this rate on held-out patients (audit.py)
     "positive_sigma": 0.05,      # positive control: Gaussian noise σ on training images ([-1, 1] units)
     "n_control_patients": None,  # control population size (null: number of training patients)
-    "control_draws": 1,          # K: the control population is K disjoint populations of that size, and each
-                                 #   predicate's control outcome their mean (PhantomCXR; >= 1; file lists: 1)
+    "control_draws": 1,          # K: the control population is K disjoint populations of the training split's size,
+                                 #   and each predicate's control outcome their mean (``control_draws``; PhantomCXR:
+                                 #   the populations stage draws K times as many patients; file lists: one; >= 1)
     "n_weight_patients": None,   # held-out calibration/weight population (null: training patients)
     "nn_quantile": 0.05,         # "closer than this quantile of held-out real NN distances"
     "nn_max_size": 64,           # pixel NN distances on images area-downsampled to at most this size
@@ -131,6 +132,10 @@ def privacy_config(cfg: dict) -> dict:
         raise ValueError(f"privacy.nn_max_size must be an integer >= 4, got {p['nn_max_size']!r}")
     if not (isinstance(p["control_draws"], int) and not isinstance(p["control_draws"], bool) and p["control_draws"] >= 1):
         raise ValueError(f"privacy.control_draws must be an integer >= 1, got {p['control_draws']!r}")
+    if p["control_draws"] > 1 and p["n_control_patients"] is not None:
+        raise ValueError(f"privacy.control_draws={p['control_draws']} draws populations of the training split's "
+                         f"size; it cannot be combined with privacy.n_control_patients={p['n_control_patients']} "
+                         "(set one of them)")
     for key in ("n_control_patients", "n_weight_patients"):
         if p[key] is not None and not (isinstance(p[key], int) and p[key] >= 2):
             raise ValueError(f"privacy.{key} must be an integer >= 2 or null, got {p[key]!r}")
@@ -234,6 +239,19 @@ def count_matches(scores: torch.Tensor, t: float) -> tuple[np.ndarray, np.ndarra
     return count, who
 
 
+def control_draws(control: Population, n: int, rng: np.random.Generator) -> list[Population]:
+    """The control populations of a game on n training patients: ``control.n // n`` = K disjoint
+    ones of n patients each (seeded), every predicate is played on all of them and its control
+    outcome is their mean; K = 1: one population of n, subsampled when ``control`` is larger."""
+    if not 1 <= n <= control.n:
+        raise ValueError(f"a control population of {control.n} patients has no draw of {n}")
+    k = control.n // n
+    if k == 1:
+        return [control.sample(n, rng) if control.n > n else control]
+    perm = rng.permutation(control.patients)
+    return [control.restrict(perm[i * n:(i + 1) * n]) for i in range(k)]
+
+
 def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population, control: Population,
                  heldout: Population, auditor, kinds=PREDICATES, weight_factor: float = 0.1,
                  verifier_threshold: float = 0.5, seed: int = 0, level: float = 0.95, groups=None,
@@ -266,7 +284,8 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
     attack/control successes (control: over all K populations) and rates, ``control_draws`` K,
     risk with CI and warning (``paired_singling_out_risk``),
     mean number of matched patients in train and control, correct isolation rate, and
-    ``"hits"``: ``{"attack", "control", "groups"}`` per predicate (for the multiplicity-corrected
+    ``"hits"``: ``{"attack", "control", "groups", "control_draws"}`` per predicate (control: the
+    share of the K control populations it isolates in) (for the multiplicity-corrected
     interval over attackers, ``attack.strongest_attacker``; not a table field).
     """
     rng = seeds.rng(seed, "privacy", "pso")
@@ -282,12 +301,8 @@ def evaluate_pso(pred_emb: torch.Tensor, pred_source_patients, train: Population
         train = train.sample(n, rng, must_keep=() if src is None else np.unique(src))
         if src is not None:
             keep = np.isin(src, train.patients)
-    draws = control.n // n
-    if draws == 1:
-        controls = [control.sample(n, rng) if control.n > n else control]
-    else:  # K disjoint control populations of n patients each; the control rate is their mean
-        perm = rng.permutation(control.patients)
-        controls = [control.restrict(perm[i * n:(i + 1) * n]) for i in range(draws)]
+    controls = control_draws(control, n, rng)
+    draws = len(controls)
     if not keep.any():
         raise ValueError("no predicate's source patient is in the (subsampled) training population")
     pred_emb = pred_emb[torch.from_numpy(keep)]

@@ -4,7 +4,7 @@ what it should, and give the same answer when its verifier is retrained?
 Per-sample privacy filters for medical diffusion models have been found sensitive only to real
 images, blind to the near-duplicates a model produces, quick to flag unseen patients and
 inconsistent across seeds. So the veto (defender verdict against every scan of the source's
-patient, plus the near-copy rule) is put to three tests, with planted candidates whose truth is
+patient, plus the near-copy rule and the identity rule against every training patient) is put to three tests, with planted candidates whose truth is
 known:
 
 * **sensitivity** on near-duplicates of a source: the source image itself, a noised copy, a
@@ -55,18 +55,23 @@ def planted_candidates(train: ImageSet, unseen: ImageSet, seed: int, n: int = 20
 
 
 def veto_flags(images: torch.Tensor, sources, defender_fn: Callable, threshold: float,
-               copy_fn: Callable | None = None) -> dict:
-    """``{"defender", "copy", "veto"}`` boolean arrays: what each rule, and the filter, flags."""
+               copy_fn: Callable | None = None, identity_fn: Callable | None = None) -> dict:
+    """``{"defender", "copy", "identity", "veto"}`` boolean arrays: what each rule, and the filter,
+    flags (``copy_fn`` / ``identity_fn``: ratio functions, < 1 flags; None: the rule is off)."""
     prob = np.asarray(defender_fn(np.asarray(sources, dtype=np.int64), images), dtype=np.float64)
     copy = np.zeros(len(prob), bool) if copy_fn is None else np.asarray(copy_fn(images)) < 1.0
-    return {"defender": prob >= threshold, "copy": copy, "veto": (prob >= threshold) | copy}
+    identity = np.zeros(len(prob), bool) if identity_fn is None else np.asarray(identity_fn(images)) < 1.0
+    return {"defender": prob >= threshold, "copy": copy, "identity": identity,
+            "veto": (prob >= threshold) | copy | identity}
 
 
 def veto_reliability(candidates: dict, defenders: dict[str, tuple[Callable, float]],
-                     copy_fn: Callable | None = None, committee: tuple[Callable, float] | None = None) -> pd.DataFrame:
-    """One row per planted kind: the share vetoed by each defender (its own threshold), the
-    defender alone and the near-copy rule alone (first defender), the mean over defenders, and
-    the share of candidates on which every defender's veto agrees.
+                     copy_fn: Callable | None = None, committee: tuple[Callable, float] | None = None,
+                     identity_fn: Callable | None = None) -> pd.DataFrame:
+    """One row per planted kind: the share vetoed by each defender (its own threshold, with the
+    near-copy and identity rules), the defender alone (first defender), the near-copy rule alone,
+    the identity rule alone (``identity_fn``, column only when given), the mean over defenders,
+    and the share of candidates on which every defender's veto agrees.
 
     ``defenders``: ``{name: (defender_fn, threshold)}``, the first being the filter's own.
     ``committee``: the filter's veto when it is a committee of defenders
@@ -78,17 +83,20 @@ def veto_reliability(candidates: dict, defenders: dict[str, tuple[Callable, floa
         raise ValueError("veto_reliability needs at least one defender")
     rows = {}
     for kind, (images, sources, should) in candidates.items():
-        flags = {name: veto_flags(images, sources, fn, t, copy_fn) for name, (fn, t) in defenders.items()}
+        flags = {name: veto_flags(images, sources, fn, t, copy_fn, identity_fn) for name, (fn, t) in defenders.items()}
         first = flags[next(iter(defenders))]
         vetoes = np.stack([f["veto"] for f in flags.values()])
         row = {"should veto": bool(should), "candidates": int(vetoes.shape[1])}
         row.update({f"vetoed ({name})": float(f["veto"].mean()) for name, f in flags.items()})
         row["defender alone"] = float(first["defender"].mean())
         row["near-copy rule alone"] = float(first["copy"].mean())
+        if identity_fn is not None:
+            row["identity rule alone"] = float(first["identity"].mean())
         row["mean over defenders"] = float(vetoes.mean())
         row["all defenders agree"] = float((vetoes.all(0) | ~vetoes.any(0)).mean())
         if committee is not None:
-            row["vetoed (the filter: committee)"] = float(veto_flags(images, sources, *committee, copy_fn)["veto"].mean())
+            row["vetoed (the filter: committee)"] = float(
+                veto_flags(images, sources, *committee, copy_fn, identity_fn)["veto"].mean())
         rows[kind] = row
     table = pd.DataFrame(rows).T
     table.index.name = "candidate"

@@ -141,15 +141,16 @@ def committee_veto(pipe: Pipeline, train: ImageSet) -> tuple[Callable, float, tu
     return fn, threshold, tuple(t for _, t in members)
 
 
-def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None, identity: bool = True) -> CopyVeto | None:
-    """The near-copy rule in the profile's ``filter.copy_spaces`` at ``quantile`` (default the
-    profile's ``filter.copy_quantile``), and, with ``identity`` and ``filter.identity_quantile`` set,
-    the identity rule in the verdict space of every defender of the ``committee`` (spaces
-    ``defender``, ``defender_2``, …). None when neither rule is on."""
+def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None, identity: bool = True,
+              near_copy: bool = True) -> CopyVeto | None:
+    """The filter's rule (1) of ``copy_veto.py``: with ``near_copy``, in the profile's
+    ``filter.copy_spaces`` at ``quantile`` (default the profile's ``filter.copy_quantile``); with
+    ``identity`` and ``filter.identity_quantile`` set, in the verdict space of every defender of the
+    ``committee`` (spaces ``defender``, ``defender_2``, …). None when no rule is on."""
     f = pipe.cfg["generate"]["filter"]
     quantile = f["copy_quantile"] if quantile is None else quantile
     spaces, quantiles = {}, {}
-    if quantile is not None:
+    if near_copy and quantile is not None:
         named = {"pixels": pixel_space()}
         if "encoder" in f["copy_spaces"]:
             encoder = load_encoder(pipe)

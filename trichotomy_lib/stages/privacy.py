@@ -144,7 +144,7 @@ def privacy_controls_stage(ctx: StageContext) -> None:
 
 @stage("filter_reliability", keys=("seed", "generate.filter", "privacy.reliability_seeds"),
        deps=("data", "encoder", "reid_defender", "reid_defender_committee", "reid_defender_replicas",
-             "control_population"), version=1)
+             "control_population"), version=2)
 def filter_reliability_stage(ctx: StageContext) -> None:
     """Sensitivity on planted near-duplicates, specificity on unseen patients, agreement across defender seeds."""
     pipe = ctx.pipeline
@@ -155,9 +155,10 @@ def filter_reliability_stage(ctx: StageContext) -> None:
     verifiers.update({f"seed {i + 2}": v for i, v in enumerate(load_defender_replicas(pipe))})
     defenders = {name: defender_veto(pipe, v, train) for name, v in verifiers.items()}
     fn, threshold, members = committee_veto(pipe, train)
-    veto = copy_veto(pipe, train)
+    copy, identity = copy_veto(pipe, train, identity=False), copy_veto(pipe, train, near_copy=False)
     table = veto_reliability(planted_candidates(train, unseen, int(ctx.config["seed"])), defenders,
-                             None if veto is None else veto.ratio, (fn, threshold) if len(members) > 1 else None)
+                             None if copy is None else copy.ratio, (fn, threshold) if len(members) > 1 else None,
+                             None if identity is None else identity.ratio)
     atomic_write_json(ctx.out / "reliability.json", to_jsonable({
         "rows": table.reset_index().to_dict(orient="records"),
         "thresholds": {name: t for name, (_, t) in defenders.items()}}))
