@@ -25,6 +25,9 @@ re-picks each source's most label-consistent survivor (as the filter picks), and
 
     python benchmarks/identity_veto.py --profile default      # ~5 min on 2 cores
 
+``--rule near-copy --quantiles 0.1 0.2`` sweeps the near-copy rule's quantile the same way, on the
+profile's own filter (every rule on) as the pool.
+
 Run it after ``trichotomy reproduce --profile default``. It reads the pipeline's cache with the
 identity rule off (``identity_quantile: null``; the pool must not have passed it already), so the
 first run computes that filter's releases (~5 min).
@@ -52,7 +55,7 @@ from trichotomy_lib.privacy.release import make_release
 from trichotomy_lib.results import to_markdown
 from trichotomy_lib.stages.classifier import load_classifier
 from trichotomy_lib.stages.data import load_splits
-from trichotomy_lib.stages.generate import committee, load_release
+from trichotomy_lib.stages.generate import committee, copy_veto, load_release
 from trichotomy_lib.stages.privacy import attacker_spaces
 from trichotomy_lib.stages.reid import load_verifier
 from trichotomy_lib.stages.utility import classifier_recipe
@@ -67,6 +70,10 @@ def main() -> None:
                     help="identity-veto quantiles q to try, each in (0, 0.5) (default 0.05 0.1 0.2 0.3)")
     ap.add_argument("--draws", type=int, default=4, help="calibration population pairs (default 4)")
     ap.add_argument("--seeds", type=int, default=1, help="classifier seeds per setting (default 1)")
+    ap.add_argument("--rule", choices=("identity", "near-copy"), default="identity",
+                    help="the rule whose quantile is swept: the identity rule (its pool: the filter without it), or "
+                         "the near-copy rule at quantiles above the profile's (its pool: the profile's filter, "
+                         "every rule on; default identity)")
     ap.add_argument("--control-draws", type=int, default=None,
                     help="control populations per calibration draw, each of the training split's size "
                          "(default: the profile's privacy.control_draws)")
@@ -76,7 +83,8 @@ def main() -> None:
     if args.draws < 1 or args.seeds < 1 or (args.control_draws is not None and args.control_draws < 1):
         ap.error("--draws, --seeds and --control-draws must be >= 1")
     cfg = config.resolve(args.profile)
-    cfg["generate"]["filter"]["identity_quantile"] = None   # the pool: every other veto, not this one
+    if args.rule == "identity":
+        cfg["generate"]["filter"]["identity_quantile"] = None   # the pool: every other veto, not this one
     pipe = Pipeline(cfg, verbose=False)
     cfg, seed = pipe.cfg, int(cfg["seed"])
     splits = load_splits(pipe)
@@ -84,8 +92,12 @@ def main() -> None:
     pool, src = load_release(pipe, "diadm_filter_4")
     clf = load_classifier(pipe)
     bce = label_consistency(clf.predict_proba(train)[src], clf.predict_proba(pool))
-    members = {("defender" if i == 0 else f"defender_{i + 1}"): VerdictSpace(v) for i, v in enumerate(committee(pipe))}
-    veto = CopyVeto(members, train.tensor(), train.patient_ids, min(args.quantiles))
+    if args.rule == "identity":
+        members = {("defender" if i == 0 else f"defender_{i + 1}"): VerdictSpace(v)
+                   for i, v in enumerate(committee(pipe))}
+        veto = CopyVeto(members, train.tensor(), train.patient_ids, min(args.quantiles))
+    else:
+        veto = copy_veto(pipe, train, identity=False)
     dist = veto.distances(pool.tensor())
     k_ctrl = cfg["privacy"]["control_draws"] if args.control_draws is None else args.control_draws
     draws = [{k: control_population(cfg["data"], train.n_patients * (k_ctrl if k == "control" else 1), seed,
@@ -104,7 +116,7 @@ def main() -> None:
         idx = np.flatnonzero(keep)
         picked = idx[rank_per_source(src[idx], bce[idx]) == 0]
         release = make_release(f"identity q={q}", pool.images[picked], src[picked], train)
-        row = {"identity quantile q": "off (committed)" if q is None else q, "pool passes": float(keep.mean()),
+        row = {f"{args.rule} quantile q": "the pool" if q is None else q, "pool passes": float(keep.mean()),
                "sources released": len(picked)}
         risks, upper = [], []
         for d, calib in enumerate(draws):
@@ -126,7 +138,7 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     print()
-    print(to_markdown(pd.DataFrame(rows).set_index("identity quantile q"), ".3f"))
+    print(to_markdown(pd.DataFrame(rows).set_index(f"{args.rule} quantile q"), ".3f"))
 
 
 if __name__ == "__main__":
