@@ -386,3 +386,29 @@ def test_copy_veto_quantiles_per_space():
         CopyVeto({"defender": VerdictSpace(OracleVerifier([train]))}, train.tensor(), train.patient_ids, quantile=0.6)
     with pytest.raises(ValueError, match="identity_quantile"):
         flt.check_filter_params({"identity_quantile": 0.7})
+
+
+def test_the_filters_copy_veto_has_a_verdict_space_per_defender(monkeypatch):
+    """``stages.generate.copy_veto``: the near-copy spaces at ``copy_quantile``, one identity space per
+    defender of the committee at ``identity_quantile``; each rule can be left out; None when both are off."""
+    from types import SimpleNamespace
+
+    from trichotomy_lib.stages import generate
+
+    train = make_population("tr", 30, 5)
+    members = [OracleVerifier([train]), OracleVerifier([train], bias=0.5)]
+    monkeypatch.setattr(generate, "committee", lambda pipe: members)
+    monkeypatch.setattr(generate, "load_encoder", lambda pipe: SimpleNamespace(embed=lambda x: x.flatten(1)[:, :8]))
+
+    def pipe(copy_q, identity_q):
+        return SimpleNamespace(cfg={"generate": {"filter": {"copy_quantile": copy_q, "identity_quantile": identity_q,
+                                                            "copy_spaces": ["pixels", "encoder"]}}})
+
+    both = generate.copy_veto(pipe(0.05, 0.1), train)
+    assert both.quantile == {"pixels": 0.05, "encoder": 0.05, "defender": 0.1, "defender_2": 0.1}
+    assert isinstance(both.spaces["defender_2"], VerdictSpace) and both.spaces["defender_2"].verifier is members[1]
+    assert set(generate.copy_veto(pipe(0.05, 0.1), train, identity=False).spaces) == {"pixels", "encoder"}
+    assert set(generate.copy_veto(pipe(0.05, 0.1), train, near_copy=False).spaces) == {"defender", "defender_2"}
+    assert set(generate.copy_veto(pipe(None, 0.1), train).spaces) == {"defender", "defender_2"}
+    assert generate.copy_veto(pipe(None, None), train) is None
+    assert generate.copy_veto(pipe(0.05, 0.1), train, identity=False, near_copy=False) is None
