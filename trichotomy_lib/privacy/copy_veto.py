@@ -39,6 +39,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..evaluation.irs import nearest_neighbours
 
@@ -117,7 +118,8 @@ class VerdictSpace:
             raise ValueError("leave-patient-out verdicts need at least two patients")
         codes = torch.from_numpy(np.unique(pid, return_inverse=True)[1])
         best = []
-        for i in range(0, len(train), self.chunk):
+        starts = range(0, len(train), self.chunk)   # N² head evaluations: a bar for large training sets
+        for i in tqdm(starts, desc="identity veto (training verdicts)", leave=False, disable=len(train) < 20_000):
             logit = self.verifier.score_matrix(train[i:i + self.chunk], train)
             logit = logit.masked_fill(codes[i:i + self.chunk, None] == codes[None, :], -torch.inf)
             best.append(logit.max(1).values)
