@@ -49,13 +49,13 @@ from trichotomy_lib.pipeline import Pipeline
 from trichotomy_lib.privacy.attack import attack_release
 from trichotomy_lib.privacy.audit import EmbeddingCache
 from trichotomy_lib.privacy.controls import control_population
-from trichotomy_lib.privacy.copy_veto import CopyVeto, VerdictSpace
+from trichotomy_lib.privacy.copy_veto import CopyVeto
 from trichotomy_lib.privacy.pso import ATTACKER_LABELS
 from trichotomy_lib.privacy.release import make_release
 from trichotomy_lib.results import to_markdown
 from trichotomy_lib.stages.classifier import load_classifier
 from trichotomy_lib.stages.data import load_splits
-from trichotomy_lib.stages.generate import committee, copy_veto, load_release
+from trichotomy_lib.stages.generate import copy_veto, identity_spaces, load_release
 from trichotomy_lib.stages.privacy import attacker_spaces
 from trichotomy_lib.stages.reid import load_verifier
 from trichotomy_lib.stages.utility import classifier_recipe
@@ -93,9 +93,7 @@ def main() -> None:
     clf = load_classifier(pipe)
     bce = label_consistency(clf.predict_proba(train)[src], clf.predict_proba(pool))
     if args.rule == "identity":
-        members = {("defender" if i == 0 else f"defender_{i + 1}"): VerdictSpace(v)
-                   for i, v in enumerate(committee(pipe))}
-        veto = CopyVeto(members, train.tensor(), train.patient_ids, min(args.quantiles))
+        veto = CopyVeto(identity_spaces(pipe), train.tensor(), train.patient_ids, min(args.quantiles))
     else:
         veto = copy_veto(pipe, train, identity=False)
     dist = veto.distances(pool.tensor())

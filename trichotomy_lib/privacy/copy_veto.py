@@ -56,6 +56,16 @@ def pixel_space(max_size: int = 64) -> Callable:
     return fn
 
 
+def _patients(patient_ids, n_rows: int) -> np.ndarray:
+    """``patient_ids`` as strings, checked: one per row, at least two patients."""
+    pid = np.asarray(patient_ids).astype(str)
+    if len(pid) != n_rows:
+        raise ValueError(f"{n_rows} feature rows for {len(pid)} patient ids")
+    if len(np.unique(pid)) < 2:
+        raise ValueError("leave-patient-out distances need at least two patients")
+    return pid
+
+
 def leave_patient_out_distances(features, patient_ids, k: int = 16) -> np.ndarray:
     """(N,) distance of each row to its nearest row of a *different* patient (L2).
 
@@ -63,11 +73,7 @@ def leave_patient_out_distances(features, patient_ids, k: int = 16) -> np.ndarra
     remaining queries exhaustively."""
     x = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features).float()
     x = x.reshape(len(x), -1)
-    pid = np.asarray(patient_ids).astype(str)
-    if len(pid) != len(x):
-        raise ValueError(f"{len(x)} feature rows for {len(pid)} patient ids")
-    if len(np.unique(pid)) < 2:
-        raise ValueError("leave-patient-out distances need at least two patients")
+    pid = _patients(patient_ids, len(x))
     k = min(k, len(x))
     dist, idx = nearest_neighbours(x, x, k=k)
     dist, idx = np.asarray(dist).reshape(len(x), k), np.asarray(idx).reshape(len(x), k)
@@ -111,12 +117,7 @@ class VerdictSpace:
 
     def leave_patient_out(self, train: torch.Tensor, patient_ids) -> np.ndarray:
         """(N,) −log P(same) of each training image's best match among other patients' images."""
-        pid = np.asarray(patient_ids).astype(str)
-        if len(pid) != len(train):
-            raise ValueError(f"{len(train)} embeddings for {len(pid)} patient ids")
-        if len(np.unique(pid)) < 2:
-            raise ValueError("leave-patient-out verdicts need at least two patients")
-        codes = torch.from_numpy(np.unique(pid, return_inverse=True)[1])
+        codes = torch.from_numpy(np.unique(_patients(patient_ids, len(train)), return_inverse=True)[1])
         best = []
         starts = range(0, len(train), self.chunk)   # N² head evaluations: a bar for large training sets
         for i in tqdm(starts, desc="identity veto (training verdicts)", leave=False, disable=len(train) < 20_000):

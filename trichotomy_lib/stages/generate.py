@@ -141,12 +141,17 @@ def committee_veto(pipe: Pipeline, train: ImageSet) -> tuple[Callable, float, tu
     return fn, threshold, tuple(t for _, t in members)
 
 
+def identity_spaces(pipe: Pipeline) -> dict[str, VerdictSpace]:
+    """The identity rule's spaces: the verdict of every defender of the ``committee``, named
+    ``defender``, ``defender_2``, …"""
+    return {("defender" if i == 0 else f"defender_{i + 1}"): VerdictSpace(v) for i, v in enumerate(committee(pipe))}
+
+
 def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None, identity: bool = True,
               near_copy: bool = True) -> CopyVeto | None:
     """The filter's rule (1) of ``copy_veto.py``: with ``near_copy``, in the profile's
     ``filter.copy_spaces`` at ``quantile`` (default the profile's ``filter.copy_quantile``); with
-    ``identity`` and ``filter.identity_quantile`` set, in the verdict space of every defender of the
-    ``committee`` (spaces ``defender``, ``defender_2``, …). None when no rule is on."""
+    ``identity`` and ``filter.identity_quantile`` set, in the ``identity_spaces``. None when no rule is on."""
     f = pipe.cfg["generate"]["filter"]
     quantile = f["copy_quantile"] if quantile is None else quantile
     spaces, quantiles = {}, {}
@@ -158,9 +163,8 @@ def copy_veto(pipe: Pipeline, train: ImageSet, quantile: float | None = None, id
         spaces.update({s: named[s] for s in f["copy_spaces"]})
         quantiles.update({s: quantile for s in f["copy_spaces"]})
     if identity and f["identity_quantile"] is not None:
-        for i, verifier in enumerate(committee(pipe)):
-            name = "defender" if i == 0 else f"defender_{i + 1}"
-            spaces[name], quantiles[name] = VerdictSpace(verifier), f["identity_quantile"]
+        for name, space in identity_spaces(pipe).items():
+            spaces[name], quantiles[name] = space, f["identity_quantile"]
     if not spaces:
         return None
     return CopyVeto(spaces, train.tensor(), train.patient_ids, quantiles)
