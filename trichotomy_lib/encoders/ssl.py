@@ -18,6 +18,18 @@ what the embedding keeps, so the augmentations decide what the encoder may ignor
   crops/erasing either: a finding occupies a small part of the lung field and cutting it out
   would make the two views disagree on the label.
 
+Optionally the encoder is also told what to keep: with ``label_weight`` λ > 0 a linear head
+reads the findings from the embedding itself (eq. 1 of ``encoders.base``, radius sqrt(D)) and its
+binary cross-entropy joins the loss,
+
+    L = NT-Xent(g(f(v1)), g(f(v2))) + λ · ½ Σ_v BCE(W e(v) + b, y),                         (3)
+
+y the image's labels (the training split's own labels, which every release carries anyway). The
+views differ in pose, exposure and collimation but share y, so the findings become directions of
+large variance in e while pose is still made invisible. This matters for DiADM: isotropic noise
+on the condition (``privacy.generation.noisy_conditions``) blurs every direction alike, so the
+more of e's length the findings hold, the more of them survive the noise that blurs identity.
+
 The network has no batch statistics (GroupNorm), so an embedding depends only on its image.
 """
 
@@ -25,6 +37,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +55,7 @@ SSL_DEFAULTS: dict = {
     "steps": 400,               # optimiser steps
     "lr": 2e-3,                 # peak Adam learning rate (linear warm-up 5 %, cosine decay)
     "weight_decay": 1e-4,
+    "label_weight": 0.0,        # λ of eq. 3: weight of the findings head's BCE (0: SimCLR alone; 0.5–2 useful)
     "checkpoint_every": 100,    # steps between resumable checkpoints (0: never)
     "augment": {
         "shift": 0.08,          # max translation, fraction of the image width
@@ -66,7 +80,8 @@ class SSLNet(nn.Module):
     on CPU a full-resolution stem costs several times more for no gain here.
     """
 
-    def __init__(self, image_size: int, channels=(32, 64, 128), dim: int = 128, proj_dim: int = 64):
+    def __init__(self, image_size: int, channels=(32, 64, 128), dim: int = 128, proj_dim: int = 64,
+                 n_labels: int = 0):
         super().__init__()
         channels = [int(c) for c in channels]
         if not channels or any(c < 8 or c % 8 for c in channels):
@@ -83,7 +98,9 @@ class SSLNet(nn.Module):
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())
         self.fc = nn.Linear(c_in * 16, dim)
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, proj_dim))
-        self.image_size, self.dim = int(image_size), int(dim)
+        # the findings head of eq. 3 (training only, like g); absent when the encoder is SimCLR alone
+        self.findings = nn.Linear(dim, n_labels) if n_labels else None
+        self.image_size, self.dim, self.n_labels = int(image_size), int(dim), int(n_labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f(x): the representation the embeddings are made of (un-normalised)."""
@@ -177,15 +194,26 @@ def lr_at(step: int, steps: int, peak: float) -> float:
 
 
 def build_net(hp: dict, image_size: int) -> SSLNet:
-    return SSLNet(image_size, hp["channels"], hp["dim"], hp["proj_dim"])
+    """The network of ``hp``; ``hp["n_labels"]`` (default 0) sizes the findings head of eq. 3."""
+    return SSLNet(image_size, hp["channels"], hp["dim"], hp["proj_dim"], int(hp.get("n_labels", 0)))
 
 
-def train_ssl(images: torch.Tensor, hp: dict, seed: int, device=None, checkpoint=None, progress: bool = True):
-    """Train ``SSLNet`` with NT-Xent on two views of each image; returns ``(net, losses)``.
+def findings_loss(net: SSLNet, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The BCE term of eq. 3 for one view: the findings head on the normalised embedding e(h)."""
+    e = F.normalize(h, dim=1) * math.sqrt(h.shape[1])
+    return F.binary_cross_entropy_with_logits(net.findings(e), y)
+
+
+def train_ssl(images: torch.Tensor, hp: dict, seed: int, device=None, checkpoint=None, progress: bool = True,
+              labels=None):
+    """Train ``SSLNet`` with NT-Xent on two views of each image (+ eq. 3's findings term when
+    ``hp["label_weight"]`` > 0); returns ``(net, losses)``.
 
     Args:
         images: float (N, 1, H, W) in [-1, 1], N >= 2 (the training split).
         hp: hyperparameters (``SSL_DEFAULTS`` keys; missing ones take the defaults).
+        labels: (N, L) multi-hot labels of ``images``; required when ``label_weight`` > 0,
+            ignored otherwise. The net's findings head gets L outputs (``net.n_labels``).
         seed: every random choice (init, batches, views) derives from it.
         device: torch device (default ``device.default_device()``).
         checkpoint: optional ``ssl.Checkpoint``; training saves to it every ``checkpoint_every``
@@ -205,10 +233,22 @@ def train_ssl(images: torch.Tensor, hp: dict, seed: int, device=None, checkpoint
     for key in ("steps", "batch_size"):
         if int(hp[key]) < 1:
             raise ValueError(f"encoder.{key} must be >= 1, got {hp[key]}")
+    weight = hp["label_weight"]
+    if not isinstance(weight, (int, float)) or weight < 0:
+        raise ValueError(f"encoder.label_weight must be a number >= 0, got {weight!r}")
+    y = None
+    if weight > 0:
+        if labels is None:
+            raise ValueError("encoder.label_weight > 0 needs the images' labels (train_ssl(..., labels=...))")
+        y = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+        if y.ndim != 2 or len(y) != len(images) or y.shape[1] < 1:
+            raise ValueError(f"labels must be (N={len(images)}, L >= 1), got {tuple(y.shape)}")
+        if not torch.all((y == 0) | (y == 1)):
+            raise ValueError("labels must be 0/1 (multi-hot findings)")
     device = torch.device(device) if device is not None else default_device()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeds.derive(seed, "encoder", "init"))
-        net = build_net(hp, images.shape[-1])
+        net = build_net({**hp, "n_labels": 0 if y is None else y.shape[1]}, images.shape[-1])
     net = net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     batch_gen = seeds.torch_generator(seed, "encoder", "batches")
@@ -226,7 +266,11 @@ def train_ssl(images: torch.Tensor, hp: dict, seed: int, device=None, checkpoint
         idx = torch.randperm(len(images), generator=batch_gen)[:batch]
         x = images[idx].to(device)
         v1, v2 = augment(x, view_gen, hp["augment"]), augment(x, view_gen, hp["augment"])
-        loss = nt_xent(net.project(net(v1)), net.project(net(v2)), hp["temperature"])
+        h1, h2 = net(v1), net(v2)
+        loss = nt_xent(net.project(h1), net.project(h2), hp["temperature"])
+        if y is not None:  # eq. 3: both views carry the image's findings
+            yb = y[idx].to(device)
+            loss = loss + weight * 0.5 * (findings_loss(net, h1, yb) + findings_loss(net, h2, yb))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -67,8 +67,10 @@ def _train_ssl_encoder(images, enc: dict, seed: int, out) -> Encoder:
     """SimCLR on ``images`` (an ImageSet) with the ``encoder`` recipe; resumes from ``out``'s checkpoint."""
     start = time.perf_counter()
     checkpoint = Checkpoint(out / "checkpoint.safetensors")
-    net, losses = train_ssl(images.tensor(), ssl_hyperparameters(enc), seed, checkpoint=checkpoint)
-    info = {"kind": "ssl", "method": "SimCLR (NT-Xent)", "hyperparameters": ssl_hyperparameters(enc),
+    net, losses = train_ssl(images.tensor(), ssl_hyperparameters(enc), seed, checkpoint=checkpoint,
+                            labels=images.labels)
+    method = "SimCLR (NT-Xent)" + (" + findings head" if net.n_labels else "")
+    info = {"kind": "ssl", "method": method, "hyperparameters": {**ssl_hyperparameters(enc), "n_labels": net.n_labels},
             "seed": seed, "n_train_images": len(images), "train_seconds": round(time.perf_counter() - start, 2)}
     encoder = Encoder(net, enc["dim"], images.image_size, info)
     atomic_write_json(out / "train_log.json", {"loss": losses})
