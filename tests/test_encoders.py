@@ -330,6 +330,13 @@ def test_attacker_encoder_trains_only_on_the_public_patients(tmp_path, monkeypat
     assert not np.allclose(attacker.embed(x).numpy(), own.embed(x).numpy(), atol=1e-3)  # a different network
     assert pipe.is_cached("attacker_encoder")
     assert not pipeline.Pipeline({**cfg, "encoder": {**TINY, "steps": 4}}, run_dir=tmp_path).is_cached("attacker_encoder")
+    # a findings head on the conditioning encoder leaves the attacker's recipe SimCLR alone
+    told = pipeline.Pipeline({**cfg, "encoder": {**TINY, "steps": 3, "label_weight": 1.0}}, run_dir=tmp_path,
+                             verbose=False)
+    own_told, attacker_told = enc_stage.load_encoder(told, device="cpu"), enc_stage.load_attacker_encoder(told, device="cpu")
+    assert own_told.net.n_labels == 8 and own_told.info["hyperparameters"]["n_labels"] == 8
+    assert attacker_told.net.n_labels == 0 and attacker_told.info["hyperparameters"]["label_weight"] == 0.0
+    assert torch.equal(attacker_told.embed(x), attacker.embed(x))  # the same network as without the head
 
 
 # ----------------------------------------------------------------------------- findings head (eq. 3)

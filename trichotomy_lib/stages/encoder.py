@@ -11,7 +11,8 @@ Artifacts: ``encoder.json`` (+ ``encoder.safetensors``), ``train_log.json`` (SSL
 
 An attacker does not hold the generator's encoder, which saw the training patients; what it can
 hold is the same public recipe trained on public data. ``attacker_encoder`` is that encoder:
-the ``encoder`` section's recipe, its own seed, trained on the auditor's population (fresh
+the ``encoder`` section's recipe without its findings head (SimCLR alone keeps more of what
+singles a patient out), its own seed, trained on the auditor's population (fresh
 patients in no split and no privacy population, the stand-in for a public dataset; for file
 lists the documented auditor part of val + test). Its ball predicate is one of the attackers
 (``privacy.attackers: public_encoder``). Artifacts: the encoder and ``patients.npy`` (who it
@@ -91,7 +92,10 @@ def attacker_encoder_stage(ctx: StageContext) -> None:
     else:
         public = load_populations(ctx.pipeline)["auditor"]
         if not (ctx.out / "encoder.json").exists():  # an interrupted run already finished training
-            _train_ssl_encoder(public, enc, seeds.derive(int(ctx.config["seed"]), "attacker", "encoder"), ctx.out)
+            # SimCLR alone: a findings head (encoder.label_weight) would teach the attacker's space to
+            # keep findings instead of identity, a weaker attacker than the plain recipe
+            _train_ssl_encoder(public, {**enc, "label_weight": 0.0},
+                               seeds.derive(int(ctx.config["seed"]), "attacker", "encoder"), ctx.out)
         patients = np.unique(public.patient_ids).astype(str)
     with atomic_path(ctx.out / "patients.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, patients, allow_pickle=False)
