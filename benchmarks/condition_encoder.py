@@ -36,6 +36,7 @@ import pandas as pd
 
 import trichotomy_lib.stages  # noqa: F401  (registers the stages)
 from trichotomy_lib import config
+from trichotomy_lib.analysis.utility import CONDITION_ENCODER as OUT
 from trichotomy_lib.evaluation.stats import mean_auroc
 from trichotomy_lib.evaluation.utility import train_and_predict
 from trichotomy_lib.io import atomic_path, atomic_write_text
@@ -52,9 +53,6 @@ from trichotomy_lib.stages.generate import load_release
 from trichotomy_lib.stages.privacy import attacker_spaces
 from trichotomy_lib.stages.reid import load_verifier
 from trichotomy_lib.stages.utility import classifier_recipe, row_seed
-
-OUT = "condition_encoder"
-
 
 def weight(text: str) -> float | None:
     """A λ on the command line: a number >= 0, or "profile" (the profile's own setting)."""

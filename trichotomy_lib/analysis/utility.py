@@ -21,11 +21,12 @@ from ..stages.utility import load_cross_site, load_test_probs, load_training_inf
 
 __all__ = ["utility_rows", "utility_main", "utility_differences", "utility_headline", "release_size_curve", "utility_fidelity", "utility_cross_site",
            "feature_space_note", "sample_fd", "GENERATOR_BUDGET", "budget_fit", "load_generator_budget",
-           "UTILITY_GAP", "gap_decomposition", "load_utility_gap", "LABEL_GUIDANCE", "load_label_guidance"]
+           "UTILITY_GAP", "gap_decomposition", "load_utility_gap", "LABEL_GUIDANCE", "load_label_guidance", "CONDITION_ENCODER"]
 
 GENERATOR_BUDGET = "generator_budget"  # <figures_dir>/generator_budget.csv, written by benchmarks/generator_budget.py
 UTILITY_GAP = "utility_gap"            # <figures_dir>/utility_gap.csv, written by benchmarks/utility_gap.py
 LABEL_GUIDANCE = "label_guidance"      # <figures_dir>/label_guidance.csv, written by benchmarks/label_guidance.py
+CONDITION_ENCODER = "condition_encoder"  # <figures_dir>/condition_encoder.csv, written by benchmarks/condition_encoder.py
 
 
 def utility_rows(pipe: Pipeline, releases=None) -> dict:
