@@ -54,6 +54,7 @@ from trichotomy_lib.stages.privacy import attacker_spaces
 from trichotomy_lib.stages.reid import load_verifier
 from trichotomy_lib.stages.utility import classifier_recipe, row_seed
 
+
 def weight(text: str) -> float | None:
     """A λ on the command line: a number >= 0, or "profile" (the profile's own setting)."""
     if text.lower() == "profile":
