@@ -55,7 +55,7 @@ SSL_DEFAULTS: dict = {
     "steps": 400,               # optimiser steps
     "lr": 2e-3,                 # peak Adam learning rate (linear warm-up 5 %, cosine decay)
     "weight_decay": 1e-4,
-    "label_weight": 0.0,        # λ of eq. 3: weight of the findings head's BCE (0: SimCLR alone; 0.5–2 useful)
+    "label_weight": 0.0,        # λ of eq. 3, >= 0: weight of the findings head's BCE (0: SimCLR alone; 1–4 tried)
     "checkpoint_every": 100,    # steps between resumable checkpoints (0: never)
     "augment": {
         "shift": 0.08,          # max translation, fraction of the image width
@@ -234,7 +234,7 @@ def train_ssl(images: torch.Tensor, hp: dict, seed: int, device=None, checkpoint
         if int(hp[key]) < 1:
             raise ValueError(f"encoder.{key} must be >= 1, got {hp[key]}")
     weight = hp["label_weight"]
-    if not isinstance(weight, (int, float)) or weight < 0:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
         raise ValueError(f"encoder.label_weight must be a number >= 0, got {weight!r}")
     y = None
     if weight > 0:
