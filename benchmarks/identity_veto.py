@@ -28,6 +28,10 @@ re-picks each source's most label-consistent survivor (as the filter picks), and
 ``--rule near-copy --quantiles 0.1 0.2`` sweeps the near-copy rule's quantile the same way, on the
 profile's own filter (every rule on) as the pool.
 
+``--set SECTION.KEY=VALUE ...`` reads the pool from the pipeline with those settings changed, e.g.
+``--rule near-copy --quantiles --set encoder.label_weight=1``: the filter of another conditioning
+encoder, on the same calibration populations (no quantile: the pool's own release alone).
+
 Run it after ``trichotomy reproduce --profile default``. It reads the pipeline's cache with the
 identity rule off (``identity_quantile: null``; the pool must not have passed it already), so the
 first run computes that filter's releases (~5 min).
@@ -66,8 +70,13 @@ from filter_consistency import rank_per_source
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="default")
-    ap.add_argument("--quantiles", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3],
-                    help="identity-veto quantiles q to try, each in (0, 0.5) (default 0.05 0.1 0.2 0.3)")
+    ap.add_argument("--quantiles", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3],
+                    help="identity-veto quantiles q to try, each in (0, 0.5) (default 0.05 0.1 0.2 0.3; none: "
+                         "the pool alone)")
+    ap.add_argument("--set", dest="settings", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                    help="the profile with these settings changed (e.g. encoder.label_weight=1), so the pool is "
+                         "that pipeline's filter")
+    ap.add_argument("--run-root", default=None, help="cache root (default: the profile's run_root)")
     ap.add_argument("--draws", type=int, default=4, help="calibration population pairs (default 4)")
     ap.add_argument("--seeds", type=int, default=1, help="classifier seeds per setting (default 1)")
     ap.add_argument("--rule", choices=("identity", "near-copy"), default="identity",
@@ -82,7 +91,11 @@ def main() -> None:
         ap.error(f"--quantiles must each be in (0, 0.5), got {args.quantiles}")
     if args.draws < 1 or args.seeds < 1 or (args.control_draws is not None and args.control_draws < 1):
         ap.error("--draws, --seeds and --control-draws must be >= 1")
-    cfg = config.resolve(args.profile)
+    try:
+        cfg = config.with_settings(config.resolve(args.profile, {"run_root": args.run_root} if args.run_root else {}),
+                                   *(config.parse_setting(t) for t in args.settings))
+    except config.ConfigError as e:
+        ap.error(f"--set: {e}")
     if args.rule == "identity":
         cfg["generate"]["filter"]["identity_quantile"] = None   # the pool: every other veto, not this one
     pipe = Pipeline(cfg, verbose=False)
@@ -92,11 +105,14 @@ def main() -> None:
     pool, src = load_release(pipe, "diadm_filter_4")
     clf = load_classifier(pipe)
     bce = label_consistency(clf.predict_proba(train)[src], clf.predict_proba(pool))
-    if args.rule == "identity":
+    if not args.quantiles:
+        veto, dist = None, {}
+    elif args.rule == "identity":
         veto = CopyVeto(identity_spaces(pipe), train.tensor(), train.patient_ids, min(args.quantiles))
     else:
         veto = copy_veto(pipe, train, identity=False)
-    dist = veto.distances(pool.tensor())
+    if veto is not None:
+        dist = veto.distances(pool.tensor())
     k_ctrl = cfg["privacy"]["control_draws"] if args.control_draws is None else args.control_draws
     draws = [{k: control_population(cfg["data"], train.n_patients * (k_ctrl if k == "control" else 1), seed,
                                     f"calibration-{k}-{d}", f"c{d}{k[0]}") for k in ("control", "weight")}
