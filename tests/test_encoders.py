@@ -341,8 +341,8 @@ def test_attacker_encoder_trains_only_on_the_public_patients(tmp_path, monkeypat
 
 # ----------------------------------------------------------------------------- findings head (eq. 3)
 def spotted_images(n_patients: int = 24, scans: int = 4, size: int = 16, seed: int = 0) -> ImageSet:
-    """``synthetic_images``' strong per-patient patterns, plus a faint spot (label 0) on a random
-    half of the scans, independent of the patient: identity dominates, the finding is subtle."""
+    """``synthetic_images``' strong per-patient patterns, plus a small bright spot (label 0) on a random
+    half of the scans, independent of the patient: identity dominates, the finding is small."""
     base = synthetic_images(n_patients, scans, size, seed)
     rng = np.random.default_rng(seed + 1)
     y = (rng.random(len(base)) < 0.5).astype(np.uint8)
