@@ -41,10 +41,9 @@ from trichotomy_lib.evaluation.stats import mean_auroc
 from trichotomy_lib.evaluation.utility import train_and_predict
 from trichotomy_lib.io import atomic_path, atomic_write_text
 from trichotomy_lib.pipeline import Pipeline
-from trichotomy_lib.privacy.attack import attack_release
+from trichotomy_lib.privacy.attack import attack_release, attack_summary
 from trichotomy_lib.privacy.audit import EmbeddingCache
 from trichotomy_lib.privacy.controls import control_population
-from trichotomy_lib.privacy.pso import ATTACKER_LABELS
 from trichotomy_lib.releases import label
 from trichotomy_lib.results import to_markdown
 from trichotomy_lib.stages.classifier import load_classifier
@@ -94,6 +93,7 @@ def main() -> None:
                                            progress=True) for k in ("control", "weight")}
             auditor = load_verifier(pipe, "auditor")
             embed = EmbeddingCache(auditor)
+        spaces = None if args.no_attack else attacker_spaces(pipe, pipe.cfg["privacy"]["attackers"])   # this λ's
         for name in names:
             release, sources = load_release(pipe, name)
             lam_text = f"{pipe.cfg['encoder'].get('label_weight', 0.0):g}" + (" (profile)" if lam is None else "")
@@ -107,10 +107,8 @@ def main() -> None:
             if not args.no_attack:
                 r = attack_release(release, sources, train, calib["control"], auditor,
                                    {"seed": seed, "privacy": pipe.cfg["privacy"]}, heldout=calib["weight"], embed=embed,
-                                   name=f"{name}_lambda{lam_text}", spaces=attacker_spaces(pipe, pipe.cfg["privacy"]["attackers"]))
-                row.update({"strongest": r["strongest_attacker"], "strongest risk": r["strongest_risk"],
-                            "strongest upper bound": r["strongest_risk_hi"]})
-                row.update({f"{k} risk": r[f"{k}_risk"] for k in ATTACKER_LABELS if f"{k}_risk" in r})
+                                   name=f"{name}_lambda{lam_text}", spaces=spaces)
+                row.update(attack_summary(r))
             row["encoder + denoiser seconds"] = (pipe.seconds("encoder") or 0) + (pipe.seconds("diffusion") or 0)
             rows.append(row)
             print(row, flush=True)

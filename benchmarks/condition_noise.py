@@ -38,10 +38,9 @@ from trichotomy_lib.data.imageset import images_to_uint8
 from trichotomy_lib.evaluation.stats import auroc_table
 from trichotomy_lib.evaluation.utility import train_and_predict
 from trichotomy_lib.pipeline import Pipeline
-from trichotomy_lib.privacy.attack import attack_release
+from trichotomy_lib.privacy.attack import attack_release, attack_summary
 from trichotomy_lib.privacy.audit import EmbeddingCache
 from trichotomy_lib.privacy.controls import control_population
-from trichotomy_lib.privacy.pso import ATTACKER_LABELS
 from trichotomy_lib.privacy.generation import noisy_conditions
 from trichotomy_lib.privacy.release import make_release
 from trichotomy_lib.privacy.sample_filter import guidance_at
@@ -88,9 +87,7 @@ def main() -> None:
                            heldout=calib["weight"], embed=embed, name=name, spaces=spaces)
         _, probs = train_and_predict(release, splits["val"], splits["val"], classifier_recipe(cfg), seed, progress=False)
         auroc = auroc_table(splits["val"].labels, probs, n_boot=0).loc["mean", "auroc"]
-        row = {"σ": sigma, "labels": with_labels, "val mean AUROC": auroc, "strongest": r["strongest_attacker"],
-               "strongest risk": r["strongest_risk"], "strongest upper bound": r["strongest_risk_hi"]}
-        row.update({f"{k} risk": r[f"{k}_risk"] for k in ATTACKER_LABELS if f"{k}_risk" in r})
+        row = {"σ": sigma, "labels": with_labels, "val mean AUROC": auroc, **attack_summary(r)}
         rows.append(row)
         print(row, flush=True)
     print()

@@ -38,10 +38,9 @@ from trichotomy_lib.evaluation.classifier.consistency import label_consistency
 from trichotomy_lib.evaluation.stats import auroc_table
 from trichotomy_lib.evaluation.utility import train_and_predict
 from trichotomy_lib.pipeline import Pipeline
-from trichotomy_lib.privacy.attack import attack_release
+from trichotomy_lib.privacy.attack import attack_release, attack_summary
 from trichotomy_lib.privacy.audit import EmbeddingCache
 from trichotomy_lib.privacy.controls import control_population
-from trichotomy_lib.privacy.pso import ATTACKER_LABELS
 from trichotomy_lib.privacy.release import make_release
 from trichotomy_lib.results import to_markdown
 from trichotomy_lib.stages.classifier import load_classifier
@@ -99,9 +98,7 @@ def main() -> None:
                 r = attack_release(release, pool_src[picked], train, calib["control"], auditor,
                                    {"seed": seed, "privacy": cfg["privacy"]}, heldout=calib["weight"], embed=embed,
                                    name=name, spaces=spaces)
-                row.update({"strongest": r["strongest_attacker"], "strongest risk": r["strongest_risk"],
-                            "strongest upper bound": r["strongest_risk_hi"]})
-                row.update({f"{k} risk": r[f"{k}_risk"] for k in ATTACKER_LABELS if f"{k}_risk" in r})
+                row.update(attack_summary(r))
             rows.append(row)
             print(row, flush=True)
     print()

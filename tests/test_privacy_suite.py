@@ -412,3 +412,12 @@ def test_the_filters_copy_veto_has_a_verdict_space_per_defender(monkeypatch):
     assert set(generate.copy_veto(pipe(None, 0.1), train).spaces) == {"defender", "defender_2"}
     assert generate.copy_veto(pipe(None, None), train) is None
     assert generate.copy_veto(pipe(0.05, 0.1), train, identity=False, near_copy=False) is None
+
+
+def test_attack_summary_names_the_strongest_and_every_attacker():
+    from trichotomy_lib.privacy.attack import attack_summary
+
+    r = {"strongest_attacker": "pixels_ball", "strongest_risk": 0.1, "strongest_risk_hi": 0.2, "ball_risk": 0.05,
+         "pixels_ball_risk": 0.1, "unrelated": 1.0}
+    assert attack_summary(r) == {"strongest": "pixels_ball", "strongest risk": 0.1, "strongest upper bound": 0.2,
+                                 "ball risk": 0.05, "pixels_ball risk": 0.1}

@@ -44,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import seeds
+from .base import normalize_embeddings
 
 # Hyperparameters (EDM2 style: a preset is a plain dict; the stage section overrides keys).
 SSL_DEFAULTS: dict = {
@@ -200,8 +201,7 @@ def build_net(hp: dict, image_size: int) -> SSLNet:
 
 def findings_loss(net: SSLNet, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The BCE term of eq. 3 for one view: the findings head on the normalised embedding e(h)."""
-    e = F.normalize(h, dim=1) * math.sqrt(h.shape[1])
-    return F.binary_cross_entropy_with_logits(net.findings(e), y)
+    return F.binary_cross_entropy_with_logits(net.findings(normalize_embeddings(h)), y)
 
 
 def train_ssl(images: torch.Tensor, hp: dict, seed: int, device=None, checkpoint=None, progress: bool = True,

@@ -19,9 +19,9 @@ from .. import seeds
 from ..data.imageset import ImageSet
 from ..evaluation.stats import paired_singling_out_risk
 from .audit import EmbeddingCache, nn_summary, pixel_nn_distances, reid_audit
-from .pso import Population, evaluate_pso, privacy_config
+from .pso import ATTACKER_LABELS, Population, evaluate_pso, privacy_config
 
-__all__ = ["strongest_attacker", "attack_release", "evaluate_release"]
+__all__ = ["strongest_attacker", "attack_release", "attack_summary", "evaluate_release"]
 
 
 def strongest_attacker(hits: dict, level: float = 0.95, n_boot: int = 4000, seed: int = 0) -> dict:
@@ -130,6 +130,14 @@ def attack_release(release: ImageSet, source_index, train: ImageSet, control: Im
     row["pso_kind"] = p["primary"]
     row.update(strongest_attacker(hits, p["level"], p["n_boot"], seeds.derive(seed, "privacy", "bootstrap")))
     return row
+
+
+def attack_summary(result: dict) -> dict:
+    """A benchmark table's columns from one ``attack_release`` result: the strongest attacker, its
+    risk and corrected upper bound, then every attacker's risk (``"<kind> risk"``)."""
+    return {"strongest": result["strongest_attacker"], "strongest risk": result["strongest_risk"],
+            "strongest upper bound": result["strongest_risk_hi"],
+            **{f"{k} risk": result[f"{k}_risk"] for k in ATTACKER_LABELS if f"{k}_risk" in result}}
 
 
 def attack_at_weights(release: ImageSet, source_index, train: ImageSet, control: ImageSet, auditor, cfg: dict,
