@@ -126,6 +126,40 @@ def test_budget_fit_extrapolates_the_measured_line_and_refuses_a_flat_one(tmp_pa
         load_generator_budget(cfg)
 
 
+def test_data_fit_extrapolates_over_patients_unsorted_and_reads_the_real_rows_own_gain(tmp_path):
+    import pandas as pd
+
+    from trichotomy_lib.analysis.utility import data_fit, load_data_scale
+
+    patients = np.array([1000, 250, 500])   # the fit must not depend on the rows' order
+    closing = pd.DataFrame({"series": "steps", "patients": patients, "train_images": 2 * patients, "steps": 3000,
+                            "release": "A", "seeds": 2,
+                            "mean_auroc": 70.0, "real_auroc": 80 + 1.5 * np.log2(patients / 250),
+                            "delta": -12 + 3 * np.log2(patients / 250), "delta_lo": -14.0, "delta_hi": -1.0})
+    widening = closing.assign(release="B", delta=[-12.0, -10.0, -11.0])   # 250: -10, 500: -11, 1000: -12
+    # the same release in another series is another line: here a flat one
+    other_series = closing.assign(series="epochs", delta=-12.0)
+    fit = data_fit(pd.concat([closing, widening, other_series, closing.iloc[:1].assign(release="one point")]))
+    assert fit.loc[fit["series"] == "epochs", "Δ per doubling of patients (points)"].tolist() == [pytest.approx(0.0, abs=1e-9)]
+    fit = fit[fit["series"] == "steps"].set_index("release")
+    assert "one point" not in fit.index
+    assert fit.loc["A", "Δ per doubling of patients (points)"] == pytest.approx(3.0)
+    assert fit.loc["A", "Δ per doubling over the last two points"] == pytest.approx(3.0)
+    assert fit.loc["A", "patients where the line reaches Δ = −1 (extrapolated)"] == pytest.approx(250 * 2 ** (11 / 3), rel=1e-3)
+    assert fit.loc["A", "real row per doubling (points)"] == pytest.approx(1.5)
+    assert fit.loc["B", "Δ per doubling of patients (points)"] == pytest.approx(-1.0)
+    assert fit.loc["B", "Δ per doubling over the last two points"] == pytest.approx(-1.0)
+    assert pd.isna(fit.loc["B", "patients where the line reaches Δ = −1 (extrapolated)"])
+
+    cfg = {"figures_dir": str(tmp_path), "profile": "x"}
+    assert load_data_scale(cfg) is None
+    closing.to_csv(tmp_path / "data_scale.csv", index=False)
+    assert load_data_scale(cfg)["patients"].tolist() == [1000, 250, 500]
+    closing.drop(columns="real_auroc").to_csv(tmp_path / "data_scale.csv", index=False)
+    with pytest.raises(ValueError, match=r"data_scale.csv: missing column\(s\) \['real_auroc'\]"):
+        load_data_scale(cfg)
+
+
 def test_gap_decomposition_splits_the_gap_into_images_and_label_noise(tmp_path):
     """gap = real − release with the carried labels; images = real − release when both learn the
     teacher's outputs; label noise = the rest. Round trip through the benchmark's CSV."""

@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import config as config_mod
 from .analysis.privacy import VETO_RULE
-from .analysis.utility import CONDITION_ENCODER, GENERATOR_BUDGET, LABEL_GUIDANCE, UTILITY_GAP
+from .analysis.utility import CONDITION_ENCODER, DATA_SCALE, GENERATOR_BUDGET, LABEL_GUIDANCE, UTILITY_GAP
 from .io import atomic_write_json, atomic_write_text
 from .releases import RELEASES, label
 from .results import to_markdown
@@ -74,7 +74,7 @@ def replace_between_markers(text: str, block: str, start: str = START, end: str 
 # tables a benchmark writes into figures/ (measured outside the reproduction; notebooks only read them)
 BENCHMARK_OUTPUTS = {GENERATOR_BUDGET: "benchmarks/generator_budget.py", UTILITY_GAP: "benchmarks/utility_gap.py",
                      LABEL_GUIDANCE: "benchmarks/label_guidance.py", VETO_RULE: "benchmarks/veto_rule.py",
-                     CONDITION_ENCODER: "benchmarks/condition_encoder.py",
+                     CONDITION_ENCODER: "benchmarks/condition_encoder.py", DATA_SCALE: "benchmarks/data_scale.py",
                      f"{VETO_RULE}_fresh": "benchmarks/veto_rule.py"}
 
 

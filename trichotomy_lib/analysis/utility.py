@@ -21,12 +21,14 @@ from ..stages.utility import load_cross_site, load_test_probs, load_training_inf
 
 __all__ = ["utility_rows", "utility_main", "utility_differences", "utility_headline", "release_size_curve", "utility_fidelity", "utility_cross_site",
            "feature_space_note", "sample_fd", "GENERATOR_BUDGET", "budget_fit", "load_generator_budget",
-           "UTILITY_GAP", "gap_decomposition", "load_utility_gap", "LABEL_GUIDANCE", "load_label_guidance", "CONDITION_ENCODER"]
+           "UTILITY_GAP", "gap_decomposition", "load_utility_gap", "LABEL_GUIDANCE", "load_label_guidance", "CONDITION_ENCODER",
+           "DATA_SCALE", "data_fit", "load_data_scale"]
 
 GENERATOR_BUDGET = "generator_budget"  # <figures_dir>/generator_budget.csv, written by benchmarks/generator_budget.py
 UTILITY_GAP = "utility_gap"            # <figures_dir>/utility_gap.csv, written by benchmarks/utility_gap.py
 LABEL_GUIDANCE = "label_guidance"      # <figures_dir>/label_guidance.csv, written by benchmarks/label_guidance.py
 CONDITION_ENCODER = "condition_encoder"  # <figures_dir>/condition_encoder.csv, written by benchmarks/condition_encoder.py
+DATA_SCALE = "data_scale"              # <figures_dir>/data_scale.csv, written by benchmarks/data_scale.py
 
 
 def utility_rows(pipe: Pipeline, releases=None) -> dict:
@@ -157,30 +159,66 @@ def sample_fd(pipe: Pipeline, samples) -> dict:
             "n_test": len(test_f)}
 
 
+def _doubling_line(x: np.ndarray, delta: np.ndarray) -> dict:
+    """Δ ≈ a + b·log2(x) by least squares over points ``(x, delta)``: b (points per doubling of x),
+    the slope between the two largest x alone (a curve that flattens has a last slope well below b,
+    and then the line over-promises) and the x at which the line reaches Δ = −1 (an extrapolation;
+    None where the line does not rise)."""
+    order = np.argsort(x)
+    x, delta = np.log2(np.asarray(x, float)[order]), np.asarray(delta, float)[order]
+    b, a = np.polyfit(x, delta, 1)
+    last = (delta[-1] - delta[-2]) / (x[-1] - x[-2])
+    return {"b": float(b), "last": float(last), "reach": None if b <= 0 else int(round(2 ** ((-1.0 - a) / b)))}
+
+
 def budget_fit(table: pd.DataFrame) -> pd.DataFrame:
     """Per release of a ``benchmarks/generator_budget.py`` table: the least-squares line
-    Δ ≈ a + b·log2(steps) over its budget points (``lever == "steps"``); b (points per doubling of
-    the denoiser's training steps), the same slope between the two largest budgets alone (a
-    curve that flattens has a last slope well below b, and then the line over-promises), and the steps at which the line reaches Δ = −1 — an
-    extrapolation of the measured line, None where the line does not rise — with that many steps
-    at the fastest measured seconds per step (the least-contended training of the table). Releases with fewer than 2 budget points are left out."""
+    Δ ≈ a + b·log2(steps) over its budget points (``lever == "steps"``, ``_doubling_line``): b (points
+    per doubling of the denoiser's training steps), the slope between the two largest budgets, and the
+    steps at which the line reaches Δ = −1 — an extrapolation of the measured line, None where the line
+    does not rise — with that many steps at the fastest measured seconds per step (the
+    least-contended training of the table). Releases with fewer than 2 budget points are left out."""
     fits = []
     for release, part in table[table["lever"] == "steps"].groupby("release", sort=False):
         if part["steps"].nunique() < 2:
             continue
-        x, y = np.log2(part["steps"].to_numpy(float)), part["delta"].to_numpy(float)
-        b, a = np.polyfit(x, y, 1)
-        reach = None if b <= 0 else int(round(2 ** ((-1.0 - a) / b)))
+        line = _doubling_line(part["steps"].to_numpy(float), part["delta"].to_numpy(float))
         rate = (part["diffusion_seconds"] / part["steps"]).dropna()
-        hours = None if reach is None or rate.empty else round(reach * float(rate.min()) / 3600, 1)
-        part = part.sort_values("steps")
-        last = part.iloc[-2:]
-        per_doubling = np.diff(last["delta"].to_numpy(float))[0] / np.diff(np.log2(last["steps"].to_numpy(float)))[0]
-        fits.append({"release": release, "budget points": len(part), "Δ per doubling of steps (points)": round(b, 2),
-                     "Δ per doubling over the last two points": round(float(per_doubling), 2),
-                     "steps where the line reaches Δ = −1 (extrapolated)": reach,
+        hours = None if line["reach"] is None or rate.empty else round(line["reach"] * float(rate.min()) / 3600, 1)
+        fits.append({"release": release, "budget points": len(part), "Δ per doubling of steps (points)": round(line["b"], 2),
+                     "Δ per doubling over the last two points": round(line["last"], 2),
+                     "steps where the line reaches Δ = −1 (extrapolated)": line["reach"],
                      "denoiser hours at the measured s/step": hours})
     return pd.DataFrame(fits)
+
+
+def data_fit(table: pd.DataFrame) -> pd.DataFrame:
+    """Per series and release of a ``benchmarks/data_scale.py`` table: the least-squares line
+    Δ ≈ a + b·log2(patients) (``_doubling_line``): b (points per doubling of the training patients),
+    the slope between the two largest points, the patients at which the line reaches Δ = −1 (an
+    extrapolation of the measured line, None where it does not rise), and the real row's own gain per
+    doubling (the reference learns from more patients too). Series (``series``: the denoiser at the
+    profile's steps, or at steps scaled with the patients) with fewer than 2 points are left out."""
+    fits = []
+    for (series, release), part in table.groupby(["series", "release"], sort=False):
+        if part["patients"].nunique() < 2:
+            continue
+        x = part["patients"].to_numpy(float)
+        line = _doubling_line(x, part["delta"].to_numpy(float))
+        real = _doubling_line(x, part["real_auroc"].to_numpy(float))
+        fits.append({"series": series, "release": release, "points": len(part),
+                     "Δ per doubling of patients (points)": round(line["b"], 2),
+                     "Δ per doubling over the last two points": round(line["last"], 2),
+                     "patients where the line reaches Δ = −1 (extrapolated)": line["reach"],
+                     "real row per doubling (points)": round(real["b"], 2)})
+    return pd.DataFrame(fits)
+
+
+def load_data_scale(cfg: dict) -> pd.DataFrame | None:
+    """The profile's measured data-scale table (``<figures_dir>/data_scale.csv``, from
+    ``benchmarks/data_scale.py --profile <profile>``), or None when it was not measured."""
+    return _benchmark_table(cfg, DATA_SCALE, {"series", "patients", "train_images", "steps", "release", "seeds", "mean_auroc",
+                                              "real_auroc", "delta", "delta_lo", "delta_hi"})
 
 
 def load_generator_budget(cfg: dict) -> pd.DataFrame | None:
