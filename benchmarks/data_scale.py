@@ -1,7 +1,8 @@
 """What closes the utility gap? Downstream AUROC against the number of training patients.
 
     .venv/bin/python benchmarks/data_scale.py                        # default profile: 250 500 1000 patients,
-                                                                     #  both series (~55 min on 2 cores)
+                                                                     #  both series (~35 min on 2 cores after a
+                                                                     #  reproduction: its point is cached)
     .venv/bin/python benchmarks/data_scale.py 250 500 1000 2000 --series steps
     .venv/bin/python benchmarks/data_scale.py --profile smoke 40 80  # (~3 min)
 
@@ -34,7 +35,7 @@ the patients (least squares on log2 patients), the slope between the two largest
 patients at which the line would reach Δ = −1 — an extrapolation of the measured line, labelled
 as one (``analysis.utility.data_fit``). Written: ``--out`` (markdown + csv; default
 ``<figures_dir>/data_scale``, shown by notebook 07). Nothing is asserted. A point costs the encoder,
-the denoiser, two samplings and the classifiers: ~15 min at 1,000 patients on 2 cores.
+the denoiser, two samplings and the classifiers: 8–14 min at 1,000 patients on 2 cores.
 """
 
 from __future__ import annotations
