@@ -4,7 +4,7 @@
                                                                      #  both series (~35 min on 2 cores after a
                                                                      #  reproduction: its point is cached)
     .venv/bin/python benchmarks/data_scale.py 250 500 1000 2000 --series steps
-    .venv/bin/python benchmarks/data_scale.py --profile smoke 40 80  # (~3 min)
+    .venv/bin/python benchmarks/data_scale.py --profile smoke 40 80  # (~2 min)
 
 The generator's training steps are not the lever for DiADM (``benchmarks/generator_budget.py``: flat
 beyond 3,000 steps), so this script varies the other budget a diffusion model lives on: its data.
@@ -105,7 +105,11 @@ def main() -> None:
         for n in sorted(set(args.patients)):
             steps = point_steps(resolved, n, series)
             print(f"== {series}: {n} training-population patients, {steps} denoiser steps", flush=True)
-            rows += measure(config.with_settings(base, ("data.n_patients", n), ("diffusion.train.steps", steps)), series)
+            # the autoguidance guide (an early checkpoint) must lie within a shortened run
+            guide = resolved["diffusion"]["train"]["guide_step"]
+            guide = () if guide is None or guide <= steps else (("diffusion.train.guide_step", steps),)
+            rows += measure(config.with_settings(base, ("data.n_patients", n), ("diffusion.train.steps", steps), *guide),
+                            series)
     table = pd.DataFrame(rows)
     fit = data_fit(table)
     out = Path(args.out) if args.out else config.figures_dir(base) / DATA_SCALE
