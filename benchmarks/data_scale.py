@@ -54,9 +54,7 @@ from trichotomy_lib.releases import REAL, label
 from trichotomy_lib.results import to_markdown
 
 RELEASES = ("edm_class", "diadm_raw")
-
-
-SERIES = ("steps", "epochs")
+SERIES = ("steps", "epochs")   # the denoiser at the profile's steps / at steps scaled with the patients
 
 
 def point_steps(resolved: dict, n: int, series: str) -> int:
